@@ -1,0 +1,42 @@
+# Two commands a newcomer needs: `make demo` and `make test`.
+# Both create or refresh .venv, build the Rust extension in release mode, install the package with
+# its dependencies, then run.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install native cargo-test pytest bench clean wheel
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip "maturin>=1.5,<2"
+
+# Rebuilds whenever Rust sources, the crate manifest or the package metadata change.
+$(STAMP): $(BIN)/python pyproject.toml Cargo.toml $(wildcard src/*.rs)
+	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(BIN)):$$PATH $(BIN)/maturin develop --release --extras test -q
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/bifrost-rt demo
+
+cargo-test:
+	cargo test --release -q
+
+pytest: install
+	$(BIN)/python -m pytest -q -ra
+
+test: install cargo-test pytest
+
+bench: install
+	$(BIN)/python -m pytest benches -q --benchmark-only
+	$(BIN)/bifrost-rt bench
+
+wheel: $(BIN)/python
+	$(BIN)/maturin build --release -o dist
+
+clean:
+	rm -rf $(VENV) target dist
