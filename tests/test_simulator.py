@@ -787,6 +787,22 @@ async def test_openai_agents_realtime_runner(fast: ServerThread) -> None:
     assert "agent_end" in seen and "history_added" in seen
 
 
+async def test_committing_more_audio_than_is_retained_for_retrieve(fast: ServerThread) -> None:
+    """An item larger than the retrieve budget is committed normally; only its retained bytes are dropped."""
+    async with websockets.connect(f"{fast.ws_url}/v1/realtime?model=gpt-realtime", additional_headers={"Authorization": "Bearer sk-test"}, max_size=None) as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}}))
+        chunk = b64(silence(10_000))  # 10 s per append; 90 s ≈ 4.3 MB of pcm16
+        for _ in range(9):
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+        await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        while True:
+            event = json.loads(await asyncio.wait_for(ws.recv(), RECV_TIMEOUT_S))
+            assert event["type"] != "error", event
+            if event["type"] == "input_audio_buffer.committed":
+                break
+
+
 # --- pure units ---
 
 

@@ -100,7 +100,8 @@ class Conversation:
             index = self._order.index(previous_item_id) + 1
         self._order.insert(index, item.id)
         self._items[item.id] = item
-        for content_index, audio in item.audio.items():
+        # A copy: retaining may evict this very item's audio when it alone exceeds the budget.
+        for content_index, audio in list(item.audio.items()):
             self._retain(item, content_index, len(audio))
         return self._order[index - 1] if index else None
 
