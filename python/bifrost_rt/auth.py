@@ -1,0 +1,71 @@
+"""Credentials → principal.
+
+A credential arrives in one of the places OpenAI clients put it: `x-bf-vk`, `Authorization: Bearer`,
+`api-key`, `x-api-key`, or the browser subprotocol `openai-insecure-api-key.<key>`. Only virtual keys from
+the configuration are accepted; nothing is forwarded upstream as-is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .config import GatewayConfig, VirtualKeyConfig
+
+SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
+_CREDENTIAL_HEADERS = ("x-bf-vk", "authorization", "api-key", "x-api-key")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a session acts for; carried into every turn record."""
+
+    name: str
+    key_id: str  # a stable, non-secret identifier of the key (hash prefix)
+    virtual_key: VirtualKeyConfig
+
+    def allows(self, model: str | None) -> bool:
+        return self.virtual_key.allows(model)
+
+
+def key_id(secret: str) -> str:
+    return "vk_" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def presented_credential(headers: Mapping[str, str], subprotocols: Iterable[str]) -> str | None:
+    """The first credential found, in header order, then subprotocols; None if there is none."""
+    for name in _CREDENTIAL_HEADERS:
+        value = headers.get(name)
+        if not value:
+            continue
+        value = value.strip()
+        if name == "authorization":
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                continue
+            value = token.strip()
+        if value:
+            return value
+    for protocol in subprotocols:
+        if protocol.startswith(SUBPROTOCOL_KEY_PREFIX):
+            token = protocol[len(SUBPROTOCOL_KEY_PREFIX) :].strip()
+            if token:
+                return token
+    return None
+
+
+class Authenticator:
+    def __init__(self, config: GatewayConfig) -> None:
+        # Keyed by digest so lookups never compare secrets byte by byte.
+        self._by_digest: dict[bytes, Principal] = {}
+        for vk in config.virtual_keys:
+            secret = vk.key.get_secret_value()
+            self._by_digest[self._digest(secret)] = Principal(vk.name, key_id(secret), vk)
+
+    @staticmethod
+    def _digest(secret: str) -> bytes:
+        return hashlib.sha256(secret.encode()).digest()
+
+    def authenticate(self, credential: str) -> Principal | None:
+        return self._by_digest.get(self._digest(credential))

@@ -1,0 +1,204 @@
+"""Gateway configuration: one YAML or TOML file, validated by pydantic.
+
+Secrets are never written in the file itself when they can be avoided: any secret field accepts
+`${ENV_VAR}` (or `env:ENV_VAR`), resolved at load time. Validation errors name the offending field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+_ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$|^env:([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or invalid; the message names the field."""
+
+
+def resolve_secret(value: str) -> str:
+    """Expand an env-var reference (`${NAME}` or `env:NAME`); plain strings pass unchanged."""
+    match = _ENV_REFERENCE.match(value.strip())
+    if not match:
+        return value
+    name = match.group(1) or match.group(2)
+    resolved = os.environ.get(name)
+    if resolved is None:
+        raise ValueError(f"environment variable {name} is not set")
+    return resolved
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProviderConfig(_Strict):
+    """An OpenAI-compatible realtime upstream."""
+
+    base_url: str = Field(description="HTTP(S) base URL, e.g. https://api.openai.com/v1; http→ws, https→wss")
+    api_key: SecretStr | None = None
+    headers: dict[str, str] = Field(default_factory=dict, description="static headers sent upstream")
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if not value.startswith(("http://", "https://", "ws://", "wss://")):
+            raise ValueError("must start with http://, https://, ws:// or wss://")
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _resolve_api_key(cls, value: Any) -> Any:
+        return resolve_secret(value) if isinstance(value, str) else value
+
+    @property
+    def realtime_url(self) -> str:
+        scheme, rest = self.base_url.split("://", 1)
+        ws_scheme = {"http": "ws", "https": "wss"}.get(scheme, scheme)
+        return f"{ws_scheme}://{rest}/realtime"
+
+
+class ModelRoute(_Strict):
+    """Maps a model name clients use to a provider and the model name sent upstream."""
+
+    provider: str
+    model: str | None = Field(default=None, description="upstream model name; defaults to the client's name")
+
+
+class VirtualKeyConfig(_Strict):
+    key: SecretStr = Field(description="the credential clients present, e.g. sk-bf-…")
+    name: str
+    allowed_models: list[str] = Field(default_factory=lambda: ["*"])
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _resolve_key(cls, value: Any) -> Any:
+        value = resolve_secret(value) if isinstance(value, str) else value
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    def allows(self, model: str | None) -> bool:
+        if "*" in self.allowed_models:
+            return True
+        return model is not None and model in self.allowed_models
+
+
+class RealtimeConfig(_Strict):
+    """Limits and timers of the WebSocket relay. Every cap has a defined behaviour (see docs/ARCHITECTURE.md)."""
+
+    max_frame_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    permessage_deflate: bool = Field(False, description="compression roughly doubles per-event CPU; off by default")
+    ping_interval_s: float = Field(15.0, gt=0)
+    ping_timeout_s: float = Field(30.0, gt=0, description="a client is dead after interval + timeout without a pong")
+    upstream_ping_interval_s: float = Field(20.0, gt=0)
+    upstream_ping_timeout_s: float = Field(20.0, gt=0)
+    upstream_connect_timeout_s: float = Field(10.0, gt=0)
+    write_timeout_s: float = Field(30.0, gt=0, description="a client that accepts no data for this long is dropped")
+    idle_timeout_s: float = Field(0.0, ge=0, description="0 disables; no frame either way for this long ends the session")
+    max_session_s: float = Field(3600.0, ge=0, description="0 disables; hard cap on one session's duration")
+    shutdown_drain_s: float = Field(10.0, ge=0, description="how long open turns may finish on SIGTERM")
+    max_sessions: int = Field(1000, ge=1, description="concurrent sessions per process; more are refused")
+    max_text_bytes: int = Field(65536, ge=0, description="per-turn cap on accumulated output text/transcript")
+    max_arguments_bytes: int = Field(65536, ge=0, description="per-call cap on accumulated tool arguments")
+    max_open_responses: int = Field(64, ge=1)
+    max_pending_inputs: int = Field(256, ge=1, description="inputs remembered until a turn consumes them")
+    max_pending_creates: int = Field(64, ge=1, description="response.create requests awaiting response.created")
+
+
+class TurnLogConfig(_Strict):
+    queue_size: int = Field(10000, ge=1, description="records awaiting the sink; overflow is written synchronously")
+    log_content: bool = Field(True, description="include user and model text in turn records")
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+
+class GatewayConfig(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    providers: dict[str, ProviderConfig]
+    models: dict[str, str | ModelRoute] = Field(default_factory=dict)
+    default_provider: str | None = Field(
+        default=None, description="provider for bare model names not listed in `models` (default: the only provider)"
+    )
+    virtual_keys: list[VirtualKeyConfig] = Field(default_factory=list)
+    realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
+    turn_log: TurnLogConfig = Field(default_factory=TurnLogConfig)
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="per-model price overrides, same shape as the shipped table"
+    )
+
+    @field_validator("providers")
+    @classmethod
+    def _at_least_one_provider(cls, value: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+        if not value:
+            raise ValueError("at least one provider is required")
+        for name in value:
+            if "/" in name or not name:
+                raise ValueError(f"provider name {name!r} must be non-empty and contain no '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _check_references(self) -> GatewayConfig:
+        if self.default_provider is not None and self.default_provider not in self.providers:
+            raise ValueError(f"default_provider: unknown provider {self.default_provider!r}")
+        for name, route in self.models.items():
+            provider = route if isinstance(route, str) else route.provider
+            if provider not in self.providers:
+                raise ValueError(f"models.{name}: unknown provider {provider!r}")
+        seen: set[str] = set()
+        for index, vk in enumerate(self.virtual_keys):
+            secret = vk.key.get_secret_value()
+            if secret in seen:
+                raise ValueError(f"virtual_keys.{index}.key: duplicate key")
+            seen.add(secret)
+        return self
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "(root)"
+        lines.append(f"{location}: {item['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: dict[str, Any]) -> GatewayConfig:
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read configuration file {file}: {error.strerror}") from None
+    try:
+        if file.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as error:  # the parsers raise several unrelated types
+        raise ConfigError(f"cannot parse {file}: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping")
+    return parse_config(data)

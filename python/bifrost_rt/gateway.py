@@ -1,0 +1,53 @@
+"""The gateway's shared services, built once per process from the configuration and handed to transports."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+
+from .auth import Authenticator, Principal
+from .config import GatewayConfig
+from .pricing import PriceTable
+from .providers import ModelResolver, Route
+from .registry import SessionRegistry
+from .session import RealtimeSession
+from .turns import LogLineSink, TurnSink, TurnWriter
+
+
+class Gateway:
+    # Every gateway of this process, so a signal handler can drain them without a handle on the app.
+    instances: weakref.WeakSet[Gateway] = weakref.WeakSet()
+
+    def __init__(self, config: GatewayConfig, turn_sinks: Iterable[TurnSink] | None = None) -> None:
+        self.config = config
+        self.authenticator = Authenticator(config)
+        self.models = ModelResolver(config)
+        self.prices = PriceTable(config.prices)
+        self.registry = SessionRegistry(config.realtime)
+        self.turns = TurnWriter(list(turn_sinks) if turn_sinks is not None else [LogLineSink()], config.turn_log.queue_size)
+        Gateway.instances.add(self)
+
+    def new_session(self, *, principal: Principal, route: Route, transport: str, session_group: str | None) -> RealtimeSession:
+        return RealtimeSession(
+            principal=principal,
+            route=route,
+            transport=transport,
+            session_group=session_group,
+            limits=self.config.realtime,
+            prices=self.prices,
+            writer=self.turns,
+            log_content=self.config.turn_log.log_content,
+        )
+
+    async def start(self) -> None:
+        self.turns.start()
+
+    async def drain(self) -> None:
+        await self.registry.drain(self.config.realtime.shutdown_drain_s)
+
+    async def stop(self) -> None:
+        """Drain sessions (if the server has not already), then deliver every queued turn record."""
+        if len(self.registry):
+            await self.drain()
+        await self.registry.close()
+        await self.turns.close()

@@ -1,0 +1,153 @@
+"""Turn records and the bounded queue that carries them to sinks, off the relay path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+logger = logging.getLogger("bifrost_rt.turns")
+
+SUMMARY_LIMIT = 1024
+TRANSCRIPT_UNAVAILABLE = "[audio transcript unavailable]"
+
+
+def cap(text: str, limit: int = SUMMARY_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(slots=True)
+class TurnInput:
+    kind: str  # "text" | "audio" | "tool_output"
+    item_id: str | None
+    text: str | None  # None until an audio transcript arrives
+    call_id: str | None = None
+
+
+@dataclass(slots=True)
+class TurnRecord:
+    """One response (`response.created` … `response.done`) with the inputs that led to it."""
+
+    id: str
+    session_id: str
+    provider_session_id: str | None
+    session_group: str
+    principal: str
+    key_id: str
+    provider: str
+    model: str | None
+    transport: str
+    response_id: str | None  # None for transcription-only records
+    status: str  # completed | cancelled | failed | incomplete | interrupted
+    status_reason: str | None
+    error: dict[str, Any] | None
+    inputs: list[dict[str, Any]]
+    input_summary: str
+    output: dict[str, Any]
+    output_summary: str
+    usage: dict[str, int] | None
+    transcription_usage: list[dict[str, Any]]
+    cost: dict[str, float]
+    latency_ms: dict[str, float | None]
+    started_at: float  # unix seconds
+    ended_at: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+    object: str = "realtime.turn"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> bytes:
+        # orjson serialises dataclasses natively, far cheaper than building the dict first.
+        return orjson.dumps(self)
+
+
+class TurnSink(Protocol):
+    async def write(self, records: list[TurnRecord]) -> None: ...
+
+
+class LogLineSink:
+    """One structured JSON log line per turn on the `bifrost_rt.turns` logger."""
+
+    async def write(self, records: list[TurnRecord]) -> None:
+        for record in records:
+            write_log_line(record)
+
+
+def write_log_line(record: TurnRecord) -> None:
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(record.to_json().decode())
+
+
+class TurnWriter:
+    """Bounded queue between sessions and sinks; a batching task drains it.
+
+    `submit` never blocks the relay. When the queue is full the record is written synchronously as a
+    log line instead, so no turn is ever lost, and the overflow is counted.
+    """
+
+    def __init__(self, sinks: Iterable[TurnSink], queue_size: int = 10000, batch_size: int = 256) -> None:
+        self._sinks = list(sinks)
+        self._queue: asyncio.Queue[TurnRecord] = asyncio.Queue(maxsize=queue_size)
+        self._batch_size = batch_size
+        self._task: asyncio.Task[None] | None = None
+        self.overflowed = 0
+        self.written = 0
+        self.sink_failures = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="bifrost-rt-turn-writer")
+
+    def submit(self, record: TurnRecord) -> None:
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self.overflowed += 1
+            write_log_line(record)
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._deliver(batch)
+            for _ in batch:
+                self._queue.task_done()
+
+    async def _deliver(self, batch: list[TurnRecord]) -> None:
+        for sink in self._sinks:
+            try:
+                await sink.write(batch)
+            except Exception:
+                # A failing sink must not lose the turns: fall back to log lines.
+                self.sink_failures += 1
+                logger.exception("turn sink %s failed; writing %d record(s) as log lines", type(sink).__name__, len(batch))
+                for record in batch:
+                    write_log_line(record)
+        self.written += len(batch)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Deliver everything queued, then stop."""
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except asyncio.TimeoutError:
+            logger.error("turn writer: %d record(s) still queued at shutdown; writing them as log lines", self.depth)
+            while not self._queue.empty():
+                write_log_line(self._queue.get_nowait())
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
