@@ -1,0 +1,1 @@
+"""Transports: how clients reach a realtime session (WebSocket today)."""
