@@ -177,15 +177,19 @@ def test_draining_gateway_refuses_new_sessions(tmp_path):
 
 
 @pytest.mark.slow
-def test_wheel_installs_in_a_clean_venv_and_serves(tmp_path):
-    dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "maturin", "build", "--release", "-o", str(dist)], cwd=ROOT, check=True, capture_output=True)
-    (wheel,) = dist.glob("bifrost_rt-*.whl")
-    assert "abi3" in wheel.name
+@pytest.mark.parametrize("install", ["maturin-wheel", "pip-source"])
+def test_package_installs_in_a_clean_venv_and_serves(tmp_path, install):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, str(wheel)], check=True)
+    if install == "maturin-wheel":
+        dist = tmp_path / "dist"
+        subprocess.run([sys.executable, "-m", "maturin", "build", "--release", "-o", str(dist)], cwd=ROOT, check=True, capture_output=True)
+        (wheel,) = dist.glob("bifrost_rt-*.whl")
+        assert "abi3" in wheel.name
+        subprocess.run([*pip, str(wheel)], check=True)
+    else:
+        subprocess.run([*pip, str(ROOT)], check=True)
     cli = str(venv / "bin" / "bifrost-rt")
     version = subprocess.run([cli, "--version"], check=True, capture_output=True, text=True).stdout
     assert version.startswith("bifrost-rt ")
