@@ -237,3 +237,12 @@ async def test_workers_log_their_turns_and_drain_on_sigterm(tmp_path):
                 process.kill()
     turns = [line for line in log.splitlines() if " bifrost_rt.turns " in line]
     assert len(turns) == 3, log
+
+
+def test_the_example_configuration_loads(monkeypatch):
+    for name in ("OPENAI_API_KEY", "TEAM_A_KEY", "TEAM_B_KEY", "BIFROST_RT_ADMIN_KEY", "BIFROST_RT_CLIENT_SECRET_KEY"):
+        monkeypatch.setenv(name, f"value-of-{name.lower()}")
+    config = load_config(ROOT / "examples" / "gateway.yaml")
+    assert config.models["fast"].model == "gpt-realtime-mini"
+    assert config.virtual_keys[1].allowed_models == ["fast", "gpt-realtime-mini"]
+    assert config.client_secrets.secret.get_secret_value() == "value-of-bifrost_rt_client_secret_key"

@@ -8,14 +8,30 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from .config import GatewayConfig, load_config
 from .gateway import Gateway
+from .transports.client_secrets import ClientSecretEndpoint, RevokeEndpoint
 from .transports.ws import RealtimeWebSocketEndpoint
 from .turns import TurnSink
+
+
+# What browsers may send on preflighted requests (SDKs add the agents and beta headers).
+CORS_ALLOWED_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "OpenAI-Beta",
+    "X-OpenAI-Agents-SDK",
+    "OpenAI-Organization",
+    "OpenAI-Project",
+    "X-Stainless-Timeout",
+    "baggage",
+]
 
 
 def create_app(config: GatewayConfig | str | os.PathLike[str], *, turn_sinks: Iterable[TurnSink] | None = None) -> Starlette:
@@ -39,13 +55,30 @@ def create_app(config: GatewayConfig | str | os.PathLike[str], *, turn_sinks: It
         finally:
             await gateway.stop()
 
-    routes = [
-        WebSocketRoute("/v1/realtime", RealtimeWebSocketEndpoint(gateway)),
-        WebSocketRoute("/openai/v1/realtime", RealtimeWebSocketEndpoint(gateway, path_provider="openai")),
-        WebSocketRoute("/openai/realtime", RealtimeWebSocketEndpoint(gateway, path_provider="openai")),
+    routes: list[Route | WebSocketRoute] = []
+    # Each realtime route also lives under /openai/v1 and /openai, where the provider defaults to `openai`.
+    for prefix, path_provider in (("/v1", None), ("/openai/v1", "openai"), ("/openai", "openai")):
+        routes += [
+            WebSocketRoute(f"{prefix}/realtime", RealtimeWebSocketEndpoint(gateway, path_provider)),
+            Route(f"{prefix}/realtime/client_secrets", ClientSecretEndpoint(gateway, legacy=False, path_provider=path_provider).handle, methods=["POST"]),
+            Route(f"{prefix}/realtime/sessions", ClientSecretEndpoint(gateway, legacy=True, path_provider=path_provider).handle, methods=["POST"]),
+        ]
+    routes += [
+        Route("/api/client_secrets/revoke", RevokeEndpoint(gateway).handle, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    cors = config.cors
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=cors.allowed_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=CORS_ALLOWED_HEADERS,
+            expose_headers=["Location"],
+            max_age=cors.max_age_s,
+        )
+    ]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.gateway = gateway
     return app

@@ -59,9 +59,15 @@ class Authenticator:
     def __init__(self, config: GatewayConfig) -> None:
         # Keyed by digest so lookups never compare secrets byte by byte.
         self._by_digest: dict[bytes, Principal] = {}
+        self._by_key_id: dict[str, Principal] = {}
+        self._by_name: dict[str, Principal] = {}
         for vk in config.virtual_keys:
             secret = vk.key.get_secret_value()
-            self._by_digest[self._digest(secret)] = Principal(vk.name, key_id(secret), vk)
+            principal = Principal(vk.name, key_id(secret), vk)
+            self._by_digest[self._digest(secret)] = principal
+            self._by_key_id[principal.key_id] = principal
+            self._by_name[principal.name] = principal
+        self._admin_digests = {self._digest(key.get_secret_value()) for key in config.admin_keys}
 
     @staticmethod
     def _digest(secret: str) -> bytes:
@@ -69,3 +75,13 @@ class Authenticator:
 
     def authenticate(self, credential: str) -> Principal | None:
         return self._by_digest.get(self._digest(credential))
+
+    def by_key_id(self, key_id: str) -> Principal | None:
+        """The key behind a client secret; None once the key is removed from the configuration."""
+        return self._by_key_id.get(key_id)
+
+    def by_name(self, name: str) -> Principal | None:
+        return self._by_name.get(name)
+
+    def is_admin(self, credential: str) -> bool:
+        return self._digest(credential) in self._admin_digests

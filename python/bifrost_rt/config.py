@@ -62,6 +62,12 @@ class ProviderConfig(_Strict):
         ws_scheme = {"http": "ws", "https": "wss"}.get(scheme, scheme)
         return f"{ws_scheme}://{rest}/realtime"
 
+    def http_url(self, path: str) -> str:
+        """An HTTP endpoint under the base URL, e.g. `http_url("/realtime/client_secrets")`."""
+        scheme, rest = self.base_url.split("://", 1)
+        http_scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+        return f"{http_scheme}://{rest}{path}"
+
 
 class ModelRoute(_Strict):
     """Maps a model name clients use to a provider and the model name sent upstream."""
@@ -116,6 +122,35 @@ class TurnLogConfig(_Strict):
     log_content: bool = Field(True, description="include user and model text in turn records")
 
 
+class ClientSecretsConfig(_Strict):
+    secret: SecretStr | None = Field(
+        default=None,
+        description="seals gateway client secrets; every instance that should accept a token needs the same one. "
+        "Unset: minting is disabled (503).",
+    )
+    max_ttl_s: int = Field(7200, ge=10, description="the longest a provider secret can live; bounds revocation records")
+    upstream_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _resolve_secret(cls, value: Any) -> Any:
+        value = resolve_secret(value) if isinstance(value, str) else value
+        if isinstance(value, str) and len(value) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+
+class CorsConfig(_Strict):
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="browser origins allowed to call the gateway ('*' for any); WS upgrades too"
+    )
+    max_age_s: int = Field(86400, ge=0)
+
+    def allows(self, origin: str | None) -> bool:
+        """Requests without an Origin (servers, SDKs) are always allowed; browsers must be listed."""
+        return not origin or "*" in self.allowed_origins or origin in self.allowed_origins
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -131,11 +166,19 @@ class GatewayConfig(_Strict):
         default=None, description="provider for bare model names not listed in `models` (default: the only provider)"
     )
     virtual_keys: list[VirtualKeyConfig] = Field(default_factory=list)
+    admin_keys: list[SecretStr] = Field(default_factory=list, description="bearer keys for the /api admin routes")
+    client_secrets: ClientSecretsConfig = Field(default_factory=ClientSecretsConfig)
+    cors: CorsConfig = Field(default_factory=CorsConfig)
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
     turn_log: TurnLogConfig = Field(default_factory=TurnLogConfig)
     prices: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="per-model price overrides, same shape as the shipped table"
     )
+
+    @field_validator("admin_keys", mode="before")
+    @classmethod
+    def _resolve_admin_keys(cls, value: Any) -> Any:
+        return [resolve_secret(v) if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
 
     @field_validator("providers")
     @classmethod

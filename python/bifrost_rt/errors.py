@@ -118,6 +118,15 @@ def model_not_allowed(model: str | None) -> RealtimeError:
     )
 
 
+def origin_not_allowed() -> RealtimeError:
+    return RealtimeError(
+        "invalid_request_error",
+        "origin_not_allowed",
+        "This origin is not allowed to connect to the gateway.",
+        close_code=CLOSE_POLICY,
+    )
+
+
 def too_many_sessions() -> RealtimeError:
     return RealtimeError(
         "rate_limit_exceeded",

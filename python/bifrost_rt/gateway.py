@@ -5,12 +5,16 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterable
 
+import httpx
+
 from .auth import Authenticator, Principal
+from .client_secrets import ClientSecrets
 from .config import GatewayConfig
 from .pricing import PriceTable
 from .providers import ModelResolver, Route
 from .registry import SessionRegistry
 from .session import RealtimeSession
+from .stores.kv import KVStore, MemoryKV
 from .turns import LogLineSink, TurnSink, TurnWriter
 
 
@@ -25,6 +29,10 @@ class Gateway:
         self.prices = PriceTable(config.prices)
         self.registry = SessionRegistry(config.realtime)
         self.turns = TurnWriter(list(turn_sinks) if turn_sinks is not None else [LogLineSink()], config.turn_log.queue_size)
+        self.kv: KVStore = MemoryKV()
+        secret = config.client_secrets.secret
+        self.client_secrets = ClientSecrets(secret.get_secret_value(), self.kv) if secret is not None else None
+        self.http = httpx.AsyncClient()  # provider REST calls (client secrets)
         Gateway.instances.add(self)
 
     def new_session(self, *, principal: Principal, route: Route, transport: str, session_group: str | None) -> RealtimeSession:
@@ -51,3 +59,5 @@ class Gateway:
             await self.drain()
         await self.registry.close()
         await self.turns.close()
+        await self.http.aclose()
+        await self.kv.close()

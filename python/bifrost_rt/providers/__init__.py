@@ -29,10 +29,15 @@ class Route:
         url = self.provider.realtime_url
         return f"{url}?{urlencode(params)}" if params else url
 
-    def upstream_headers(self, client_headers: Mapping[str, str], subprotocols: list[str]) -> dict[str, str]:
+    def upstream_headers(
+        self, client_headers: Mapping[str, str], subprotocols: list[str], credential: str | None = None
+    ) -> dict[str, str]:
+        """`credential` replaces the provider key (a provider client secret from a gateway token)."""
         headers = dict(self.provider.headers)
-        if self.provider.api_key is not None:
-            headers["Authorization"] = "Bearer " + self.provider.api_key.get_secret_value()
+        if credential is None and self.provider.api_key is not None:
+            credential = self.provider.api_key.get_secret_value()
+        if credential is not None:
+            headers["Authorization"] = "Bearer " + credential
         for name in ("openai-organization", "openai-project", "openai-safety-identifier", "openai-beta"):
             value = client_headers.get(name)
             if value:

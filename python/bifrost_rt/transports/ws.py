@@ -17,9 +17,11 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .. import __version__, errors
-from ..auth import presented_credential
+from ..auth import Principal, presented_credential
+from ..client_secrets import Grant, InvalidToken, is_gateway_token
 from ..errors import RealtimeError
 from ..gateway import Gateway
+from ..providers import Route
 from ..registry import SessionRegistry
 from ..session import RealtimeSession
 from .handshake import baggage_session_id, scope_headers, scope_query
@@ -94,15 +96,19 @@ class RealtimeWebSocketEndpoint:
         if gateway.registry.draining:
             await _reject_before_upgrade(scope, send, 503, errors.shutting_down())
             return
-        query = scope_query(scope)
-        principal, route, error = self._admit(headers, subprotocols, query)
-        if error is not None:
+        if not gateway.config.cors.allows(headers.get("origin")):
             gateway.registry.refused += 1
-            await _refuse(send, selected, error)
+            await _reject_before_upgrade(scope, send, 403, errors.origin_not_allowed())
             return
-        assert principal is not None and route is not None
+        query = scope_query(scope)
+        admission = await self._admit(headers, subprotocols, query)
+        if isinstance(admission, RealtimeError):
+            gateway.registry.refused += 1
+            await _refuse(send, selected, admission)
+            return
+        principal, route, upstream_credential = admission
         try:
-            upstream = await self._connect_upstream(route, headers, subprotocols, query)
+            upstream = await self._connect_upstream(route, headers, subprotocols, query, upstream_credential)
         except _UpstreamRefused as refused:
             gateway.registry.refused += 1
             await _refuse(send, selected, refused.error)
@@ -117,32 +123,62 @@ class RealtimeWebSocketEndpoint:
             return
         await _Relay(session, upstream, receive, send, gateway.config.realtime.max_frame_bytes, gateway.registry).run()
 
-    def _admit(self, headers: dict[str, str], subprotocols: list[str], query: dict[str, str]):
+    async def _admit(
+        self, headers: dict[str, str], subprotocols: list[str], query: dict[str, str]
+    ) -> tuple[Principal, Route, str | None] | RealtimeError:
+        """The principal, the route and the upstream credential (None: the provider key), or why not."""
         gateway = self.gateway
         credential = presented_credential(headers, subprotocols)
         if credential is None:
-            return None, None, errors.missing_credential()
-        principal = gateway.authenticator.authenticate(credential)
-        if principal is None:
-            return None, None, errors.invalid_credential()
+            return errors.missing_credential()
         model = query.get("model") or None
-        if model is None and not (query.get("intent") or query.get("call_id")):
-            return principal, None, errors.missing_model()
-        route = gateway.models.resolve(model, self.path_provider)
-        if route is None:
-            return principal, None, errors.unknown_model(model or "")
+        upstream_credential = None
+        if is_gateway_token(credential):
+            grant = await self._open_client_secret(credential)
+            if grant is None:
+                return errors.invalid_credential()
+            principal = gateway.authenticator.by_key_id(grant.key_id)
+            if principal is None:  # the minting key was removed from the configuration
+                return errors.invalid_credential()
+            if model is not None and model != grant.model:
+                return errors.model_not_allowed(model)
+            route = gateway.models.resolve(grant.model, self.path_provider)
+            if route is None or route.provider_name != grant.provider:
+                return errors.unknown_model(grant.model or "")
+            upstream_credential = grant.provider_token
+        else:
+            principal = gateway.authenticator.authenticate(credential)
+            if principal is None:
+                return errors.invalid_credential()
+            if model is None and not (query.get("intent") or query.get("call_id")):
+                return errors.missing_model()
+            route = gateway.models.resolve(model, self.path_provider)
+            if route is None:
+                return errors.unknown_model(model or "")
         if not principal.allows(route.requested_model):
-            return principal, None, errors.model_not_allowed(route.requested_model)
+            return errors.model_not_allowed(route.requested_model)
         if not gateway.registry.has_room():
-            return principal, None, errors.too_many_sessions()
-        return principal, route, None
+            return errors.too_many_sessions()
+        return principal, route, upstream_credential
 
-    async def _connect_upstream(self, route, headers, subprotocols, query) -> ClientConnection:
+    async def _open_client_secret(self, token: str) -> Grant | None:
+        secrets = self.gateway.client_secrets
+        if secrets is None:
+            return None
+        try:
+            return await secrets.open(token)
+        except InvalidToken as error:
+            logger.info("client secret refused: %s", error)
+            return None
+
+    async def _connect_upstream(
+        self, route: Route, headers: dict[str, str], subprotocols: list[str], query: dict[str, str], credential: str | None
+    ) -> ClientConnection:
         limits = self.gateway.config.realtime
         try:
             return await websockets.connect(
                 route.upstream_url(query),
-                additional_headers=route.upstream_headers(headers, subprotocols),
+                additional_headers=route.upstream_headers(headers, subprotocols, credential),
                 user_agent_header=f"bifrost-rt/{__version__}",
                 compression="deflate" if limits.permessage_deflate else None,
                 max_size=None,  # the client side enforces the frame cap; upstream frames are trusted in size

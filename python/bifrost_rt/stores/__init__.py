@@ -1,0 +1,1 @@
+"""State the gateway keeps outside a single session: key-value state (and, later, turn logs)."""
