@@ -10,7 +10,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
-use crate::frame::{self, StrSpan};
+use crate::frame::{self, PayloadField, StrSpan};
 use crate::turn::{self, Observed, TrackerLimits};
 use crate::usage::{self, TranscriptionBilling};
 
@@ -80,15 +80,60 @@ impl<'a, 'py> FrameArg<'a, 'py> {
             FrameArg::Str { object, .. } => FrameObject::Str(object.clone().unbind()),
             FrameArg::Bytes(object) => FrameObject::Bytes(object.clone().unbind()),
         };
-        FrameInfo { frame, info }
+        FrameInfo {
+            frame,
+            found: Found::from(&info),
+        }
     }
 }
 
-/// What the scanner found in one frame. Read-only.
-#[pyclass(frozen, module = "bifrost_rt._native")]
+/// The part of a scan result that `FrameInfo` exposes. Much smaller than `frame::FrameInfo`,
+/// which matters because the result is copied into the Python object.
+struct Found {
+    event_type: Option<StrSpan>,
+    event_id: Option<StrSpan>,
+    response_id: Option<StrSpan>,
+    item_id: Option<StrSpan>,
+    call_id: Option<StrSpan>,
+    previous_item_id: Option<StrSpan>,
+    response_object_id: Option<StrSpan>,
+    response_status: Option<StrSpan>,
+    payload: Option<(PayloadField, StrSpan)>,
+    output_index: Option<i64>,
+    content_index: Option<i64>,
+    unclassified: Option<frame::Unclassified>,
+    has_response: bool,
+    response_has_metadata: bool,
+}
+
+impl From<&frame::FrameInfo> for Found {
+    #[inline(always)]
+    fn from(info: &frame::FrameInfo) -> Self {
+        Found {
+            event_type: info.event_type,
+            event_id: info.event_id,
+            response_id: info.response_id,
+            item_id: info.item_id,
+            call_id: info.call_id,
+            previous_item_id: info.previous_item_id,
+            response_object_id: info.response.and_then(|response| response.id),
+            response_status: info.response.and_then(|response| response.status),
+            payload: info.payload(),
+            output_index: info.output_index,
+            content_index: info.content_index,
+            unclassified: info.unclassified,
+            has_response: info.response.is_some(),
+            response_has_metadata: info.response.is_some_and(|response| response.has_metadata),
+        }
+    }
+}
+
+/// What the scanner found in one frame. Read-only. Most are dropped right after a few reads, so
+/// a free list saves the allocation and zeroing of each new one.
+#[pyclass(frozen, freelist = 16, module = "bifrost_rt._native")]
 pub struct FrameInfo {
     frame: FrameObject,
-    info: frame::FrameInfo,
+    found: Found,
 }
 
 impl FrameInfo {
@@ -101,87 +146,85 @@ impl FrameInfo {
 impl FrameInfo {
     #[getter]
     fn r#type(&self, py: Python<'_>) -> Option<Cow<'_, str>> {
-        self.text(py, self.info.event_type)
+        self.text(py, self.found.event_type)
     }
 
     #[getter]
     fn unclassified_reason(&self) -> Option<String> {
-        self.info.unclassified.map(|reason| reason.to_string())
+        self.found.unclassified.map(|reason| reason.to_string())
     }
 
     #[getter]
     fn event_id(&self, py: Python<'_>) -> Option<Cow<'_, str>> {
-        self.text(py, self.info.event_id)
+        self.text(py, self.found.event_id)
     }
 
     #[getter]
     fn response_id(&self, py: Python<'_>) -> Option<Cow<'_, str>> {
-        self.text(py, self.info.response_id)
+        self.text(py, self.found.response_id)
     }
 
     #[getter]
     fn item_id(&self, py: Python<'_>) -> Option<Cow<'_, str>> {
-        self.text(py, self.info.item_id)
+        self.text(py, self.found.item_id)
     }
 
     #[getter]
     fn call_id(&self, py: Python<'_>) -> Option<Cow<'_, str>> {
-        self.text(py, self.info.call_id)
+        self.text(py, self.found.call_id)
     }
 
     #[getter]
     fn previous_item_id(&self, py: Python<'_>) -> Option<Cow<'_, str>> {
-        self.text(py, self.info.previous_item_id)
+        self.text(py, self.found.previous_item_id)
     }
 
     #[getter]
     fn output_index(&self) -> Option<i64> {
-        self.info.output_index
+        self.found.output_index
     }
 
     #[getter]
     fn content_index(&self) -> Option<i64> {
-        self.info.content_index
+        self.found.content_index
     }
 
     #[getter]
     fn has_response(&self) -> bool {
-        self.info.response.is_some()
+        self.found.has_response
     }
 
     #[getter]
     fn response_object_id(&self, py: Python<'_>) -> Option<Cow<'_, str>> {
-        self.text(py, self.info.response.and_then(|response| response.id))
+        self.text(py, self.found.response_object_id)
     }
 
     #[getter]
     fn response_status(&self, py: Python<'_>) -> Option<Cow<'_, str>> {
-        self.text(py, self.info.response.and_then(|response| response.status))
+        self.text(py, self.found.response_status)
     }
 
     #[getter]
     fn response_has_metadata(&self) -> bool {
-        self.info
-            .response
-            .is_some_and(|response| response.has_metadata)
+        self.found.response_has_metadata
     }
 
     #[getter]
     fn payload_field(&self) -> Option<&'static str> {
-        self.info.payload().map(|(field, _)| field.as_str())
+        self.found.payload.map(|(field, _)| field.as_str())
     }
 
     #[getter]
     fn payload_start(&self) -> i64 {
-        self.info
-            .payload()
+        self.found
+            .payload
             .map_or(-1, |(_, span)| i64::from(span.start))
     }
 
     #[getter]
     fn payload_len(&self) -> i64 {
-        self.info
-            .payload()
+        self.found
+            .payload
             .map_or(0, |(_, span)| i64::from(span.len))
     }
 
@@ -209,8 +252,8 @@ impl FrameInfo {
             }
         }
         for (name, value) in [
-            ("output_index", self.info.output_index),
-            ("content_index", self.info.content_index),
+            ("output_index", self.found.output_index),
+            ("content_index", self.found.content_index),
         ] {
             if let Some(value) = value {
                 parts.push(format!("{name}={value}"));

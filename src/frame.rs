@@ -294,57 +294,71 @@ pub fn read_object<'a>(raw: &'a [u8], mut on_member: impl FnMut(&[u8], MemberVal
 }
 
 /// Scans a frame given as bytes, validating UTF-8 along the way.
+#[inline]
 pub fn scan(frame: &[u8]) -> FrameInfo {
-    scan_frame(frame, true)
+    // Inlined, so that the result is written straight into the caller's slot.
+    let mut info = FrameInfo::default();
+    scan_frame(frame, true, &mut info);
+    info
 }
 
 /// Scans a frame that is already known to be UTF-8.
+#[inline]
 pub fn scan_str(frame: &str) -> FrameInfo {
-    scan_frame(frame.as_bytes(), false)
+    let mut info = FrameInfo::default();
+    scan_frame(frame.as_bytes(), false, &mut info);
+    info
 }
 
-fn scan_frame(frame: &[u8], validate_utf8: bool) -> FrameInfo {
-    // One result variable on every path, so that it is built in place instead of copied.
-    let mut info = FrameInfo::default();
+/// Fills `info`, which holds the defaults, in place: the struct is large and copies of it
+/// would cost as much as scanning a small frame.
+fn scan_frame(frame: &[u8], validate_utf8: bool, info: &mut FrameInfo) {
     if frame.len() > MAX_FRAME_BYTES {
         info.unclassified = Some(Unclassified::TooLarge);
-        return info;
+        return;
     }
     let mut scanner = Scanner {
         bytes: frame,
         pos: 0,
         validate_utf8,
     };
-    let unclassified = match scanner.document(&mut info) {
-        Err(ScanError::Json(at)) => Some(Unclassified::InvalidJson { at }),
-        Err(ScanError::Utf8(at)) => Some(Unclassified::InvalidUtf8 { at }),
-        Ok(None) => Some(Unclassified::NotObject),
-        Ok(Some(event_type)) => match event_type {
-            TypeField::Missing => Some(Unclassified::MissingType),
-            TypeField::NotString => Some(Unclassified::TypeNotString),
-            TypeField::String(span) => {
-                info.event_type = Some(span);
-                None
-            }
-        },
-    };
-    if let Some(reason) = unclassified {
-        if !matches!(
-            reason,
-            Unclassified::MissingType | Unclassified::TypeNotString
-        ) {
-            // Fields recorded before the frame turned out unusable are meaningless.
-            info = FrameInfo::default();
+    let unclassified = match scanner.document(info) {
+        Err(ScanError::Json(at)) => Unclassified::InvalidJson { at: at as usize },
+        Err(ScanError::Utf8(at)) => Unclassified::InvalidUtf8 { at: at as usize },
+        Ok(None) => Unclassified::NotObject,
+        Ok(Some(TypeField::Missing)) => Unclassified::MissingType,
+        Ok(Some(TypeField::NotString)) => Unclassified::TypeNotString,
+        Ok(Some(TypeField::String(span))) => {
+            info.event_type = Some(span);
+            return;
         }
-        info.unclassified = Some(reason);
+    };
+    if !matches!(
+        unclassified,
+        Unclassified::MissingType | Unclassified::TypeNotString
+    ) {
+        // Fields recorded before the frame turned out unusable are meaningless.
+        *info = FrameInfo::default();
     }
-    info
+    info.unclassified = Some(unclassified);
 }
 
+/// Positions are 32-bit, as in the spans, so that results carrying a span fit in registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ScanError {
-    Json(usize),
-    Utf8(usize),
+    Json(u32),
+    Utf8(u32),
+}
+
+impl ScanError {
+    // Positions fit u32: frames are at most MAX_FRAME_BYTES long.
+    fn json(at: usize) -> Self {
+        ScanError::Json(at as u32)
+    }
+
+    fn utf8(at: usize) -> Self {
+        ScanError::Utf8(at as u32)
+    }
 }
 
 type ScanResult<T> = Result<T, ScanError>;
@@ -423,7 +437,7 @@ impl<'a> Scanner<'a> {
         };
         self.skip_whitespace();
         if self.pos != self.bytes.len() {
-            return Err(ScanError::Json(self.pos));
+            return Err(ScanError::json(self.pos));
         }
         Ok(event_type)
     }
@@ -534,7 +548,7 @@ impl<'a> Scanner<'a> {
         F: FnMut(&mut Self, &[u8]) -> ScanResult<()>,
     {
         if parent_depth + 1 > MAX_DEPTH {
-            return Err(ScanError::Json(self.pos));
+            return Err(ScanError::json(self.pos));
         }
         self.pos += 1;
         self.skip_whitespace();
@@ -544,18 +558,27 @@ impl<'a> Scanner<'a> {
         }
         loop {
             if self.peek() != Some(b'"') {
-                return Err(ScanError::Json(self.pos));
+                return Err(ScanError::json(self.pos));
             }
             let key_span = self.string()?;
-            self.skip_whitespace();
-            self.expect(b':')?;
-            self.skip_whitespace();
-            if key_span.escaped {
-                let key = unescape(key_span.raw(self.bytes));
-                on_member(self, key.as_bytes())?;
+            // Frames from the API have no whitespace around `:`.
+            if self.peek() == Some(b':') {
+                self.pos += 1;
             } else {
-                on_member(self, key_span.raw(self.bytes))?;
+                self.skip_whitespace();
+                self.expect(b':')?;
             }
+            self.skip_whitespace();
+            // One call site, so that `on_member` is inlined into the loop.
+            let bytes = self.bytes;
+            let unescaped;
+            let key = if key_span.escaped {
+                unescaped = unescape(key_span.raw(bytes));
+                unescaped.as_bytes()
+            } else {
+                key_span.raw(bytes)
+            };
+            on_member(self, key)?;
             self.skip_whitespace();
             match self.peek() {
                 Some(b',') => {
@@ -566,7 +589,7 @@ impl<'a> Scanner<'a> {
                     self.pos += 1;
                     return Ok(());
                 }
-                _ => return Err(ScanError::Json(self.pos)),
+                _ => return Err(ScanError::json(self.pos)),
             }
         }
     }
@@ -621,7 +644,7 @@ impl<'a> Scanner<'a> {
             match self.peek() {
                 Some(open_byte @ (b'{' | b'[')) => {
                     if depth + open.len + 1 > MAX_DEPTH {
-                        return Err(ScanError::Json(self.pos));
+                        return Err(ScanError::json(self.pos));
                     }
                     let is_object = open_byte == b'{';
                     let close = if is_object { b'}' } else { b']' };
@@ -646,7 +669,7 @@ impl<'a> Scanner<'a> {
                 Some(b't') => self.literal(b"true")?,
                 Some(b'f') => self.literal(b"false")?,
                 Some(b'n') => self.literal(b"null")?,
-                _ => return Err(ScanError::Json(self.pos)),
+                _ => return Err(ScanError::json(self.pos)),
             }
             // A value just ended: close as many containers as the input closes.
             loop {
@@ -671,7 +694,7 @@ impl<'a> Scanner<'a> {
                         self.pos += 1;
                         open.pop();
                     }
-                    _ => return Err(ScanError::Json(self.pos)),
+                    _ => return Err(ScanError::json(self.pos)),
                 }
             }
         }
@@ -680,7 +703,7 @@ impl<'a> Scanner<'a> {
     /// `"key" :` followed by whitespace, inside an object being skipped.
     fn member_key(&mut self) -> ScanResult<()> {
         if self.peek() != Some(b'"') {
-            return Err(ScanError::Json(self.pos));
+            return Err(ScanError::json(self.pos));
         }
         self.string()?;
         self.skip_whitespace();
@@ -698,7 +721,7 @@ impl<'a> Scanner<'a> {
         loop {
             at = find_string_special(self.bytes, at);
             match self.bytes.get(at) {
-                None => return Err(ScanError::Json(at)),
+                None => return Err(ScanError::json(at)),
                 Some(b'"') => {
                     self.pos = at + 1;
                     // Positions fit u32: frames are at most MAX_FRAME_BYTES long.
@@ -710,12 +733,12 @@ impl<'a> Scanner<'a> {
                 }
                 Some(b'\\') => {
                     escaped = true;
-                    at = escape_end(self.bytes, at).ok_or(ScanError::Json(at))?;
+                    at = escape_end(self.bytes, at).ok_or(ScanError::json(at))?;
                 }
-                Some(&byte) if byte < 0x20 => return Err(ScanError::Json(at)),
+                Some(&byte) if byte < 0x20 => return Err(ScanError::json(at)),
                 Some(_) => {
                     at = if self.validate_utf8 {
-                        utf8_char_end(self.bytes, at).ok_or(ScanError::Utf8(at))?
+                        utf8_char_end(self.bytes, at).ok_or(ScanError::utf8(at))?
                     } else {
                         // Already valid UTF-8: step over the whole run of non-ASCII bytes.
                         let run = self.bytes.get(at..).unwrap_or(&[]);
@@ -729,6 +752,13 @@ impl<'a> Scanner<'a> {
     /// A number at `self.pos`; returns its value when it is an integer that fits i64.
     #[inline(always)]
     fn number(&mut self) -> ScanResult<Option<i64>> {
+        // Fast path for a lone digit, such as the indices of streaming events.
+        if let Some(&[digit @ b'0'..=b'9', next]) = self.bytes.get(self.pos..self.pos + 2) {
+            if !matches!(next, b'0'..=b'9' | b'.' | b'e' | b'E') {
+                self.pos += 1;
+                return Ok(Some(i64::from(digit - b'0')));
+            }
+        }
         let start = self.pos;
         let negative = self.peek() == Some(b'-');
         if negative {
@@ -749,7 +779,7 @@ impl<'a> Scanner<'a> {
                     self.pos += 1;
                 }
             }
-            _ => return Err(ScanError::Json(self.pos)),
+            _ => return Err(ScanError::json(self.pos)),
         }
         let integer_digits = self.pos - digits_start;
         let mut is_integer = true;
@@ -777,7 +807,7 @@ impl<'a> Scanner<'a> {
                 .and_then(|text| text.parse::<f64>().ok())
                 .is_some_and(f64::is_finite);
             if !finite {
-                return Err(ScanError::Json(start));
+                return Err(ScanError::json(start));
             }
         }
         if !is_integer {
@@ -799,7 +829,7 @@ impl<'a> Scanner<'a> {
             self.pos += 1;
         }
         if self.pos == first {
-            return Err(ScanError::Json(self.pos));
+            return Err(ScanError::json(self.pos));
         }
         Ok(())
     }
@@ -810,7 +840,7 @@ impl<'a> Scanner<'a> {
             self.pos = end;
             Ok(())
         } else {
-            Err(ScanError::Json(self.pos))
+            Err(ScanError::json(self.pos))
         }
     }
 
@@ -819,7 +849,7 @@ impl<'a> Scanner<'a> {
             self.pos += 1;
             Ok(())
         } else {
-            Err(ScanError::Json(self.pos))
+            Err(ScanError::json(self.pos))
         }
     }
 
