@@ -68,12 +68,12 @@ def start_gateway() -> Iterator[GatewayFactory]:
     """Start a gateway in front of `upstream_url` (http base, e.g. http://127.0.0.1:N/v1)."""
     started: list[ServerThread] = []
 
-    def start(upstream_url: str, **overrides: Any) -> tuple[ServerThread, CapturingSink]:
+    def start(upstream_url: str, with_plugins: tuple = (), **overrides: Any) -> tuple[ServerThread, CapturingSink]:
         config = parse_config(gateway_config(upstream_url, **overrides))
         sink = CapturingSink()
         settings = uvicorn_settings(config.realtime)
         server = ServerThread(
-            create_app(config, turn_sinks=[sink]),
+            create_app(config, turn_sinks=[sink], plugins=with_plugins),
             ws_ping_interval=settings["ws_ping_interval"],
             ws_ping_timeout=settings["ws_ping_timeout"],
             ws_max_size=settings["ws_max_size"],

@@ -8,11 +8,11 @@ except PackageNotFoundError:  # running from a source tree without an installed 
     __version__ = "0.0.0"
 
 
-def create_app(config, *, turn_sinks=None):
+def create_app(config, *, turn_sinks=None, plugins=()):
     """The ASGI app for a `GatewayConfig` (or a path to a YAML/TOML file); serve it with any ASGI server."""
     from .app import create_app as _create_app
 
-    return _create_app(config, turn_sinks=turn_sinks)
+    return _create_app(config, turn_sinks=turn_sinks, plugins=plugins)
 
 
 __all__ = ["__version__", "create_app"]

@@ -16,6 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from .config import GatewayConfig, load_config
 from .gateway import Gateway
+from .hooks import Plugin
 from .transports.client_secrets import ClientSecretEndpoint, RevokeEndpoint
 from .transports.ws import RealtimeWebSocketEndpoint
 from .turns import TurnSink
@@ -34,10 +35,16 @@ CORS_ALLOWED_HEADERS = [
 ]
 
 
-def create_app(config: GatewayConfig | str | os.PathLike[str], *, turn_sinks: Iterable[TurnSink] | None = None) -> Starlette:
+def create_app(
+    config: GatewayConfig | str | os.PathLike[str],
+    *,
+    turn_sinks: Iterable[TurnSink] | None = None,
+    plugins: Iterable[Plugin] = (),
+) -> Starlette:
+    """`plugins` are added before those named in the configuration."""
     if not isinstance(config, GatewayConfig):
         config = load_config(Path(config))
-    gateway = Gateway(config, turn_sinks)
+    gateway = Gateway(config, turn_sinks, plugins)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})

@@ -151,6 +151,17 @@ class CorsConfig(_Strict):
         return not origin or "*" in self.allowed_origins or origin in self.allowed_origins
 
 
+class PluginConfig(_Strict):
+    use: str = Field(description="import path, package.module:ClassName (a bifrost_rt.hooks.Plugin)")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the class")
+
+
+class HooksConfig(_Strict):
+    pre_turn_timeout_ms: float = Field(200.0, gt=0, description="time budget of the whole pre_turn chain per turn")
+    on_failure: Literal["open", "closed"] = Field("open", description="a hook that raises or times out allows (open) or denies (closed)")
+    queue_size: int = Field(10000, ge=1, description="queued post_turn/session hook calls; beyond it calls are dropped and counted")
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -168,6 +179,8 @@ class GatewayConfig(_Strict):
     virtual_keys: list[VirtualKeyConfig] = Field(default_factory=list)
     admin_keys: list[SecretStr] = Field(default_factory=list, description="bearer keys for the /api admin routes")
     client_secrets: ClientSecretsConfig = Field(default_factory=ClientSecretsConfig)
+    plugins: list[PluginConfig] = Field(default_factory=list)
+    hooks: HooksConfig = Field(default_factory=HooksConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
     turn_log: TurnLogConfig = Field(default_factory=TurnLogConfig)

@@ -9,6 +9,7 @@ import httpx
 
 from .auth import Authenticator, Principal
 from .client_secrets import ClientSecrets
+from .hooks import HookPipeline, Plugin, load_plugin
 from .config import GatewayConfig
 from .pricing import PriceTable
 from .providers import ModelResolver, Route
@@ -22,7 +23,9 @@ class Gateway:
     # Every gateway of this process, so a signal handler can drain them without a handle on the app.
     instances: weakref.WeakSet[Gateway] = weakref.WeakSet()
 
-    def __init__(self, config: GatewayConfig, turn_sinks: Iterable[TurnSink] | None = None) -> None:
+    def __init__(
+        self, config: GatewayConfig, turn_sinks: Iterable[TurnSink] | None = None, plugins: Iterable[Plugin] = ()
+    ) -> None:
         self.config = config
         self.authenticator = Authenticator(config)
         self.models = ModelResolver(config)
@@ -33,10 +36,21 @@ class Gateway:
         secret = config.client_secrets.secret
         self.client_secrets = ClientSecrets(secret.get_secret_value(), self.kv) if secret is not None else None
         self.http = httpx.AsyncClient()  # provider REST calls (client secrets)
+        hooks = config.hooks
+        self.hooks = HookPipeline(
+            [*plugins, *(load_plugin(p.use, p.options) for p in config.plugins)],
+            pre_turn_timeout_s=hooks.pre_turn_timeout_ms / 1000,
+            fail_closed=hooks.on_failure == "closed",
+            queue_size=hooks.queue_size,
+        )
         Gateway.instances.add(self)
 
-    def new_session(self, *, principal: Principal, route: Route, transport: str, session_group: str | None) -> RealtimeSession:
+    def new_session(
+        self, *, principal: Principal, route: Route, transport: str, session_group: str | None, session_id: str | None = None
+    ) -> RealtimeSession:
         return RealtimeSession(
+            session_id=session_id,
+            hooks=self.hooks,
             principal=principal,
             route=route,
             transport=transport,
@@ -49,6 +63,7 @@ class Gateway:
 
     async def start(self) -> None:
         self.turns.start()
+        self.hooks.start()
 
     async def drain(self) -> None:
         await self.registry.drain(self.config.realtime.shutdown_drain_s)
@@ -59,5 +74,6 @@ class Gateway:
             await self.drain()
         await self.registry.close()
         await self.turns.close()
+        await self.hooks.close()
         await self.http.aclose()
         await self.kv.close()

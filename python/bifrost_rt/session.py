@@ -8,11 +8,12 @@ responses are separate turns.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -20,6 +21,7 @@ from . import _native
 from .auth import Principal
 from .config import RealtimeConfig
 from .errors import new_id
+from .hooks import Decision, HookPipeline, SessionInfo, TurnRequest
 from .pricing import PriceTable
 from .providers import Route
 from .turns import TRANSCRIPT_UNAVAILABLE, TurnInput, TurnRecord, TurnWriter, cap
@@ -48,6 +50,8 @@ class _PendingCreate:
     conversation: str
     metadata: Any
     inputs: list[TurnInput]
+    response: dict[str, Any]
+    request: TurnRequest | None = None  # set when plugins checked it
 
 
 @dataclass(slots=True)
@@ -62,6 +66,13 @@ class _OpenTurn:
     first_delta_at: float | None = None
     transcription_usage: list[dict[str, Any]] = field(default_factory=list)
     transcription_cost: float = 0.0
+
+
+class SessionControls(Protocol):
+    """What the session core may ask of its transport."""
+
+    async def refuse_started_turn(self, response_id: str, decision: Decision) -> None:
+        """A turn the provider started on its own was denied: cancel it upstream and tell the client."""
 
 
 def _loads(frame: str) -> dict[str, Any] | None:
@@ -111,9 +122,11 @@ class RealtimeSession:
         limits: RealtimeConfig,
         prices: PriceTable,
         writer: TurnWriter,
+        hooks: HookPipeline,
         log_content: bool = True,
+        session_id: str | None = None,
     ) -> None:
-        self.id = new_id("sess_bf")
+        self.id = session_id or new_id("sess_bf")
         self.principal = principal
         self.route = route
         self.transport = transport
@@ -129,6 +142,8 @@ class RealtimeSession:
         self._limits = limits
         self._prices = prices
         self._writer = writer
+        self._hooks = hooks
+        self.controls: SessionControls | None = None
         self._log_content = log_content
         self._turns: dict[str, _OpenTurn] = {}
         self._pending_inputs: deque[TurnInput] = deque()
@@ -141,7 +156,7 @@ class RealtimeSession:
         self._orphan_transcriptions: list[dict[str, Any]] = []
         self._orphan_transcription_cost = 0.0
         self.voice: str | None = None
-        self.tool_names: list[str] = []
+        self.tools: list[dict[str, Any]] = []
         self.transcription_model: str | None = None
         self.session_type = "realtime"
         self.turns_recorded = 0
@@ -153,17 +168,71 @@ class RealtimeSession:
             "response.done": self._on_response_done,
             "conversation.item.done": self._on_item,
             "conversation.item.created": self._on_item,
+            "conversation.item.deleted": self._on_item_deleted,
             "conversation.item.input_audio_transcription.completed": self._on_transcription,
             "input_audio_buffer.committed": self._on_committed,
             "error": self._on_error,
         }
 
+    @property
+    def info(self) -> SessionInfo:
+        return SessionInfo(
+            self.id, self.session_group, self.principal.name, self.principal.key_id, self.route.provider_name, self.model, self.transport
+        )
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [t.get("name") or t.get("server_label") or t.get("type") for t in self.tools]
+
     # ---- observation entry points (hot path) -------------------------------------------------
 
-    def on_client_frame(self, frame: str) -> None:
+    def on_client_frame(self, frame: str) -> TurnRequest | None:
+        """Observe a client frame; a `response.create` that plugins must check comes back as a TurnRequest."""
         info = self.tracker.observe_client(frame)
-        if info is not None and info.type == "response.create":
-            self._on_response_create(frame, info)
+        if info is None:
+            return None
+        if info.type == "response.create":
+            pending = self._on_response_create(frame, info)
+            if self._hooks.checks_turns:
+                return self._turn_request(pending, server_started=False)
+        elif info.type == "conversation.item.create":
+            self._on_client_item(frame, info)
+        return None
+
+    async def check_turn(self, request: TurnRequest) -> Decision:
+        return await self._hooks.pre_turn(request)
+
+    def refuse_turn(self, request: TurnRequest, decision: Decision) -> None:
+        """The checked response.create is withheld: forget it and record the refusal as a turn."""
+        for pending in self._pending_creates:
+            if pending.request is request:
+                self._pending_creates.remove(pending)
+                break
+        now = time.monotonic()
+        turn = _OpenTurn(None, now, now, time.time(), [], request.response.get("conversation") or "auto", request.client_event_id)  # type: ignore[arg-type]
+        error = {"type": decision.type, "code": decision.code, "message": decision.message, "plugin": decision.plugin}
+        self._finish(turn, status="refused", reason=decision.code, error=error, usage=None, response={}, inputs=request.inputs)
+
+    def _turn_request(self, pending: _PendingCreate | None, *, server_started: bool) -> TurnRequest:
+        inputs = list(self._pending_inputs) if pending is None or pending.conversation != "none" else []
+        if pending is not None:
+            inputs += pending.inputs
+        request = TurnRequest(
+            session=self.info,
+            client_event_id=pending.event_id if pending else None,
+            inputs=[self._input_dict(i) for i in inputs],
+            tools=list(self.tools),
+            response=pending.response if pending else {},
+            server_started=server_started,
+        )
+        if pending is not None:
+            pending.request = request
+        return request
+
+    async def _check_started_turn(self, request: TurnRequest, response_id: str) -> None:
+        decision = await self._hooks.pre_turn(request)
+        if not decision.allowed and self.controls is not None and response_id in self._turns:
+            await self.controls.refuse_started_turn(response_id, decision)
 
     def on_server_frame(self, frame: str) -> None:
         info = self.tracker.observe_server(frame)
@@ -183,7 +252,7 @@ class RealtimeSession:
 
     # ---- client events -------------------------------------------------------------------------
 
-    def _on_response_create(self, frame: str, info: Any) -> None:
+    def _on_response_create(self, frame: str, info: Any) -> _PendingCreate:
         event = _loads(frame) or {}
         response = event.get("response") if isinstance(event.get("response"), dict) else {}
         inputs = []
@@ -191,15 +260,16 @@ class RealtimeSession:
             turn_input = _input_from_item(item)
             if turn_input is not None:
                 inputs.append(turn_input)
-        self._pending_creates.append(
-            _PendingCreate(
-                info.event_id,
-                time.monotonic(),
-                response.get("conversation") or "auto",
-                response.get("metadata"),
-                inputs,
-            )
+        pending = _PendingCreate(
+            info.event_id,
+            time.monotonic(),
+            response.get("conversation") or "auto",
+            response.get("metadata"),
+            inputs,
+            response,
         )
+        self._pending_creates.append(pending)
+        return pending
 
     # ---- server events -------------------------------------------------------------------------
 
@@ -218,7 +288,7 @@ class RealtimeSession:
         if isinstance(voice, str):
             self.voice = voice
         if isinstance(session.get("tools"), list):
-            self.tool_names = [t.get("name") or t.get("server_label") or t.get("type") for t in session["tools"] if isinstance(t, dict)]
+            self.tools = [t for t in session["tools"] if isinstance(t, dict)]
         audio_input = audio.get("input") if isinstance(audio.get("input"), dict) else {}
         transcription = audio_input.get("transcription", session.get("input_audio_transcription"))
         self.transcription_model = transcription.get("model") if isinstance(transcription, dict) else None
@@ -226,16 +296,50 @@ class RealtimeSession:
     def _on_committed(self, frame: str, info: Any) -> None:
         self._last_commit_at = time.monotonic()
 
+    def _on_client_item(self, frame: str, info: Any) -> None:
+        """A client-submitted item counts as an input at once, so a pre_turn check right after it sees it."""
+        event = _loads(frame)
+        turn_input = _input_from_item(event.get("item")) if event else None
+        if turn_input is not None:
+            turn_input.unconfirmed_event = info.event_id or ""
+            self._add_input(turn_input)
+
     def _on_item(self, frame: str, info: Any) -> None:
         event = _loads(frame)
         turn_input = _input_from_item(event.get("item")) if event else None
         if turn_input is None:
             return
         known = self._inputs_by_item.get(turn_input.item_id) if turn_input.item_id else None
+        if known is None:
+            known = self._unconfirmed_match(turn_input)
         if known is not None:
+            known.unconfirmed_event = None
+            if known.item_id is None and turn_input.item_id:
+                known.item_id = turn_input.item_id
+                self._inputs_by_item[turn_input.item_id] = known
             if turn_input.text is not None:
                 known.text = turn_input.text
             return
+        self._add_input(turn_input)
+
+    def _on_item_deleted(self, frame: str, info: Any) -> None:
+        turn_input = self._inputs_by_item.pop(info.item_id, None) if info.item_id else None
+        if turn_input is not None and turn_input in self._pending_inputs:
+            self._pending_inputs.remove(turn_input)
+
+    def _unconfirmed_match(self, confirmed: TurnInput) -> TurnInput | None:
+        """The oldest client-submitted input the provider's confirmation corresponds to."""
+        for candidate in self._pending_inputs:
+            if (
+                candidate.unconfirmed_event is not None
+                and candidate.kind == confirmed.kind
+                and candidate.call_id == confirmed.call_id
+                and (candidate.kind == "audio" or candidate.text == confirmed.text)
+            ):
+                return candidate
+        return None
+
+    def _add_input(self, turn_input: TurnInput) -> None:
         if len(self._pending_inputs) >= self._limits.max_pending_inputs:
             dropped = self._pending_inputs.popleft()
             self._inputs_by_item.pop(dropped.item_id or "", None)
@@ -278,6 +382,10 @@ class RealtimeSession:
         event = _loads(frame) or {}
         error = event.get("error") if isinstance(event.get("error"), dict) else {}
         client_event_id = error.get("event_id")
+        if client_event_id:
+            # A conversation.item.create the provider refused never becomes an input.
+            for turn_input in [i for i in self._pending_inputs if i.unconfirmed_event == client_event_id]:
+                self._pending_inputs.remove(turn_input)
         if error.get("code") != "conversation_already_has_active_response" and client_event_id is None:
             return
         # A refused response.create will never get a response.created: forget it.
@@ -311,6 +419,9 @@ class RealtimeSession:
             client_event_id=pending.event_id if pending is not None else None,
         )
         self._turns[response_id] = turn
+        if pending is None and self._hooks.checks_turns and self.controls is not None:
+            request = TurnRequest(self.info, None, [self._input_dict(i) for i in inputs], list(self.tools), {}, server_started=True)
+            asyncio.get_running_loop().create_task(self._check_started_turn(request, response_id))
         for turn_input in inputs:
             if turn_input.item_id:
                 self._turn_by_item[turn_input.item_id] = turn
@@ -383,6 +494,7 @@ class RealtimeSession:
         error: dict[str, Any] | None,
         usage: Any,
         response: dict[str, Any],
+        inputs: list[dict[str, Any]] | None = None,
     ) -> None:
         now = time.monotonic()
         output = self.tracker.take(turn.response_id) if turn.response_id else None
@@ -404,10 +516,8 @@ class RealtimeSession:
             "audio_bytes": output.audio_bytes if output else 0,
             "tool_calls": tool_calls,
         }
-        inputs = [
-            {"kind": i.kind, "item_id": i.item_id, "call_id": i.call_id, "text": i.text if i.text is not None else (TRANSCRIPT_UNAVAILABLE if i.kind == "audio" else None)}
-            for i in turn.inputs
-        ]
+        if inputs is None:
+            inputs = [self._input_dict(i, final=True) for i in turn.inputs]
         input_summary = cap(" | ".join(i["text"] for i in inputs if i["text"]))
         output_summary = cap(
             " ".join(
@@ -462,6 +572,15 @@ class RealtimeSession:
         )
         self.turns_recorded += 1
         self._writer.submit(record)
+        self._hooks.turn_finished(record)
+
+    @staticmethod
+    def _input_dict(turn_input: TurnInput, final: bool = False) -> dict[str, Any]:
+        """An input as records and plugins see it; a finished turn marks a transcript that never came."""
+        text = turn_input.text
+        if text is None and final and turn_input.kind == "audio":
+            text = TRANSCRIPT_UNAVAILABLE
+        return {"kind": turn_input.kind, "item_id": turn_input.item_id, "call_id": turn_input.call_id, "text": text}
 
     @staticmethod
     def _tool_calls(output: Any, response: dict[str, Any]) -> list[dict[str, Any]]:

@@ -26,6 +26,8 @@ class TurnInput:
     item_id: str | None
     text: str | None  # None until an audio transcript arrives
     call_id: str | None = None
+    # Set while a client-submitted item awaits the provider's confirmation: the client's event_id.
+    unconfirmed_event: str | None = None
 
 
 @dataclass(slots=True)

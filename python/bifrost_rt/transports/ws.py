@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -21,6 +22,7 @@ from ..auth import Principal, presented_credential
 from ..client_secrets import Grant, InvalidToken, is_gateway_token
 from ..errors import RealtimeError
 from ..gateway import Gateway
+from ..hooks import Decision, HookPipeline
 from ..providers import Route
 from ..registry import SessionRegistry
 from ..session import RealtimeSession
@@ -121,7 +123,7 @@ class RealtimeWebSocketEndpoint:
         except OSError:
             await upstream.close()
             return
-        await _Relay(session, upstream, receive, send, gateway.config.realtime.max_frame_bytes, gateway.registry).run()
+        await _Relay(session, upstream, receive, send, gateway.config.realtime.max_frame_bytes, gateway.registry, gateway.hooks).run()
 
     async def _admit(
         self, headers: dict[str, str], subprotocols: list[str], query: dict[str, str]
@@ -204,6 +206,12 @@ class RealtimeWebSocketEndpoint:
             raise _UpstreamRefused(errors.upstream_unavailable()) from None
 
 
+def _refusal(decision: Decision) -> RealtimeError:
+    """A plugin's decision as the error the client sees; disconnects close with 1008 (policy)."""
+    close_code = errors.CLOSE_POLICY if decision.action == "disconnect" else None
+    return RealtimeError(decision.type, decision.code, decision.message, close_code=close_code)
+
+
 class _UpstreamRefused(Exception):
     def __init__(self, error: RealtimeError) -> None:
         self.error = error
@@ -246,9 +254,11 @@ class _Relay:
         send: Any,
         max_frame_bytes: int,
         registry: SessionRegistry,
+        hooks: HookPipeline,
     ) -> None:
         self.session = session
         self.registry = registry
+        self.hooks = hooks
         self.upstream = upstream
         self.receive = receive
         self.send = send
@@ -266,6 +276,18 @@ class _Relay:
     def blocked_on_client(self) -> bool:
         return self.in_client_send
 
+    async def refuse_started_turn(self, response_id: str, decision: Decision) -> None:
+        """SessionControls: cancel a provider-started turn that plugins denied, and tell the client why."""
+        refusal = _refusal(decision)
+        if decision.action == "disconnect":
+            self.end(refusal)
+            return
+        try:
+            await self.upstream.send(orjson.dumps({"type": "response.cancel", "response_id": response_id}).decode())
+        except ConnectionClosed:
+            return
+        await self._send_client_text(refusal.event())
+
     def end(self, error: RealtimeError, *, upstream_code: int = errors.CLOSE_NORMAL) -> None:
         if self._ending is None:
             self._ending = _Ending("interrupted", error.code or error.type, client_error=error, upstream_close=(upstream_code, ""))
@@ -274,6 +296,8 @@ class _Relay:
 
     async def run(self) -> None:
         self.registry.add(self)
+        self.session.controls = self
+        self.hooks.session_started(self.session.info)
         self._tasks = [
             asyncio.create_task(self._client_to_upstream()),
             asyncio.create_task(self._upstream_to_client()),
@@ -318,7 +342,16 @@ class _Relay:
                 if len(text) > quick_limit and len(text.encode()) > limit:
                     return _Ending("interrupted", "client_frame_too_big", client_error=errors.frame_too_big(limit))
                 self.frames_up += 1
-                observe(text)
+                request = observe(text)
+                if request is not None:  # a response.create that plugins check before it is forwarded
+                    decision = await self.session.check_turn(request)
+                    if not decision.allowed:
+                        self.session.refuse_turn(request, decision)
+                        refusal = _refusal(decision)
+                        if decision.action == "disconnect":
+                            return _Ending("interrupted", decision.code or "denied", client_error=refusal)
+                        await self._send_client_text(refusal.event(request.client_event_id))
+                        continue
                 try:
                     await send_upstream(text)
                 except ConnectionClosed as exc:
@@ -376,6 +409,7 @@ class _Relay:
             logger.debug("session %s: closing the sockets failed", self.session.id, exc_info=True)
         finally:
             self.session.close(status=ending.turn_status, reason=ending.reason, error=ending.turn_error)
+            self.hooks.session_ended(self.session.info, ending.reason)
 
     async def _close_client(self, code: int, reason: str) -> None:
         try:

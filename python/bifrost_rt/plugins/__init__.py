@@ -1,0 +1,1 @@
+"""Plugins shipped with bifrost_rt; load them from the configuration by import path."""
