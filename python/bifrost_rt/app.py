@@ -11,7 +11,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from .config import GatewayConfig, load_config
@@ -49,6 +50,9 @@ def create_app(
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     async def readyz(request: Request) -> JSONResponse:
         if gateway.registry.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
@@ -74,6 +78,7 @@ def create_app(
         Route("/api/client_secrets/revoke", RevokeEndpoint(gateway).handle, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        Route("/metrics", metrics),
     ]
     cors = config.cors
     middleware = [

@@ -10,6 +10,7 @@ import httpx
 from .auth import Authenticator, Principal
 from .client_secrets import ClientSecrets
 from .hooks import HookPipeline, Plugin, load_plugin
+from .metrics import GatewayMetrics
 from .config import GatewayConfig
 from .pricing import PriceTable
 from .providers import ModelResolver, Route
@@ -31,7 +32,9 @@ class Gateway:
         self.models = ModelResolver(config)
         self.prices = PriceTable(config.prices)
         self.registry = SessionRegistry(config.realtime)
-        self.turns = TurnWriter(list(turn_sinks) if turn_sinks is not None else [LogLineSink()], config.turn_log.queue_size)
+        self.metrics = GatewayMetrics()
+        sinks = list(turn_sinks) if turn_sinks is not None else [LogLineSink()]
+        self.turns = TurnWriter([*sinks, self.metrics.sink()], config.turn_log.queue_size)
         self.kv: KVStore = MemoryKV()
         secret = config.client_secrets.secret
         self.client_secrets = ClientSecrets(secret.get_secret_value(), self.kv) if secret is not None else None
@@ -42,6 +45,16 @@ class Gateway:
             pre_turn_timeout_s=hooks.pre_turn_timeout_ms / 1000,
             fail_closed=hooks.on_failure == "closed",
             queue_size=hooks.queue_size,
+            observe_latency=self.metrics.observe_hook,
+            count_failure=self.metrics.count_hook_failure,
+        )
+        self.metrics.watch(
+            self.registry,
+            {
+                "turn_queue_depth": lambda: self.turns.depth,
+                "turn_queue_overflow": lambda: self.turns.overflowed,
+                "hook_queue_depth": lambda: self.hooks.depth,
+            },
         )
         Gateway.instances.add(self)
 

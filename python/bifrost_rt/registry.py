@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
+from collections.abc import Iterator
 from typing import Protocol
 
 from . import errors
@@ -23,6 +25,9 @@ class LiveSession(Protocol):
 
     def activity(self) -> int:
         """A counter that moves whenever a frame crosses the session in either direction."""
+
+    def relayed(self) -> dict[str, int]:
+        """frames_up, frames_down, bytes_up, bytes_down relayed so far."""
 
     def blocked_on_client(self) -> bool:
         """True while a write to the client is waiting for the client to read."""
@@ -46,8 +51,9 @@ class SessionRegistry:
         self._live: dict[LiveSession, _Watch] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self.draining = False
-        self.opened = 0
-        self.refused = 0
+        self.opened_by_transport: Counter[str] = Counter()
+        self.refused_by_reason: Counter[str] = Counter()
+        self._closed_relayed: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -57,12 +63,25 @@ class SessionRegistry:
 
     def add(self, live: LiveSession) -> None:
         self._live[live] = _Watch(live.activity(), time.monotonic())
-        self.opened += 1
+        self.opened_by_transport[live.session.transport] += 1
         if self._supervisor is None:
             self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name="bifrost-rt-supervisor")
 
     def remove(self, live: LiveSession) -> None:
-        self._live.pop(live, None)
+        if self._live.pop(live, None) is not None:
+            self._closed_relayed.update(live.relayed())
+
+    def refuse(self, reason: str) -> None:
+        self.refused_by_reason[reason] += 1
+
+    def live(self) -> Iterator[LiveSession]:
+        return iter(list(self._live))
+
+    def relayed_totals(self) -> Counter[str]:
+        totals = Counter(self._closed_relayed)
+        for live in list(self._live):
+            totals.update(live.relayed())
+        return totals
 
     async def _supervise(self) -> None:
         while True:

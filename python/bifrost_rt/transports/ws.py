@@ -99,20 +99,20 @@ class RealtimeWebSocketEndpoint:
             await _reject_before_upgrade(scope, send, 503, errors.shutting_down())
             return
         if not gateway.config.cors.allows(headers.get("origin")):
-            gateway.registry.refused += 1
+            gateway.registry.refuse("origin_not_allowed")
             await _reject_before_upgrade(scope, send, 403, errors.origin_not_allowed())
             return
         query = scope_query(scope)
         admission = await self._admit(headers, subprotocols, query)
         if isinstance(admission, RealtimeError):
-            gateway.registry.refused += 1
+            gateway.registry.refuse(admission.code or admission.type)
             await _refuse(send, selected, admission)
             return
         principal, route, upstream_credential = admission
         try:
             upstream = await self._connect_upstream(route, headers, subprotocols, query, upstream_credential)
         except _UpstreamRefused as refused:
-            gateway.registry.refused += 1
+            gateway.registry.refuse(refused.error.code or "upstream_unavailable")
             await _refuse(send, selected, refused.error)
             return
         session = gateway.new_session(
@@ -265,6 +265,8 @@ class _Relay:
         self.max_frame_bytes = max_frame_bytes
         self.frames_up = 0
         self.frames_down = 0
+        self.bytes_up = 0
+        self.bytes_down = 0
         self.in_client_send = False
         self._ending: _Ending | None = None
         self._tasks: list[asyncio.Task[_Ending]] = []
@@ -272,6 +274,9 @@ class _Relay:
     # LiveSession protocol (registry supervision)
     def activity(self) -> int:
         return self.frames_up + self.frames_down
+
+    def relayed(self) -> dict[str, int]:
+        return {"frames_up": self.frames_up, "frames_down": self.frames_down, "bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
 
     def blocked_on_client(self) -> bool:
         return self.in_client_send
@@ -342,6 +347,7 @@ class _Relay:
                 if len(text) > quick_limit and len(text.encode()) > limit:
                     return _Ending("interrupted", "client_frame_too_big", client_error=errors.frame_too_big(limit))
                 self.frames_up += 1
+                self.bytes_up += len(text)
                 request = observe(text)
                 if request is not None:  # a response.create that plugins check before it is forwarded
                     decision = await self.session.check_turn(request)
@@ -377,6 +383,7 @@ class _Relay:
             except ConnectionClosed as exc:
                 return _upstream_closed(exc)
             self.frames_down += 1
+            self.bytes_down += len(frame)
             self.in_client_send = True
             try:
                 if frame.__class__ is str:
