@@ -1,1 +1,1 @@
-"""State the gateway keeps outside a single session: key-value state (and, later, turn logs)."""
+"""State the gateway keeps outside a single session: key-value counters (`kv`) and the durable turn log (`logs`)."""
