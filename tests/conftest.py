@@ -40,6 +40,8 @@ class CapturingSink:
 
 def gateway_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
+        # Tests that need the durable log configure one; the others keep the working tree clean.
+        "turn_log": {"store": "none"},
         "providers": {"openai": {"base_url": upstream_url, "api_key": PROVIDER_KEY}},
         "virtual_keys": [
             {"key": VIRTUAL_KEY, "name": "team-a"},

@@ -234,6 +234,7 @@ async def test_a_token_minted_by_one_process_opens_a_session_on_another(simulato
                 "providers": {"openai": {"base_url": f"{simulator.url}/v1", "api_key": "sk-provider"}},
                 "virtual_keys": [{"key": VIRTUAL_KEY, "name": "team-a"}],
                 "client_secrets": {"secret": SECRET},
+                "turn_log": {"store": "none"},
             }
         )
     )

@@ -81,6 +81,7 @@ def write_config(path: Path, upstream_port: int, **realtime) -> Path:
                 "providers": {"openai": {"base_url": f"http://127.0.0.1:{upstream_port}/v1", "api_key": "sk-provider"}},
                 "virtual_keys": [{"key": VIRTUAL_KEY, "name": "team-a"}],
                 "realtime": realtime,
+                "turn_log": {"sqlite_path": str(path.parent / "turns.db"), "spill_path": str(path.parent / "turns.spill.jsonl")},
             }
         )
     )

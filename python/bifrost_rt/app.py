@@ -19,6 +19,7 @@ from .config import GatewayConfig, load_config
 from .gateway import Gateway
 from .hooks import Plugin
 from .transports.client_secrets import ClientSecretEndpoint, RevokeEndpoint
+from .transports.logs_api import LogsApi
 from .transports.ws import RealtimeWebSocketEndpoint
 from .turns import TurnSink
 
@@ -34,6 +35,17 @@ CORS_ALLOWED_HEADERS = [
     "X-Stainless-Timeout",
     "baggage",
 ]
+
+
+def _log_routes(gateway: Gateway) -> list[Route]:
+    if gateway.turn_log is None:
+        return []
+    api = LogsApi(gateway.turn_log, gateway.authenticator.is_admin)
+    return [
+        Route("/api/logs", api.logs, methods=["GET"]),
+        Route("/api/logs/sessions/{session_id}", api.session_logs, methods=["GET"]),
+        Route("/api/logs/sessions/{session_id}/summary", api.session_summary, methods=["GET"]),
+    ]
 
 
 def create_app(
@@ -76,6 +88,7 @@ def create_app(
         ]
     routes += [
         Route("/api/client_secrets/revoke", RevokeEndpoint(gateway).handle, methods=["POST"]),
+        *_log_routes(gateway),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),

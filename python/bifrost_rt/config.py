@@ -36,6 +36,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Budget(_Strict):
+    usd: float = Field(gt=0, description="spend allowed per period")
+    period: Literal["day", "week", "month"] = Field(description="calendar period in UTC; resets at its start")
+
+
+class RateLimits(_Strict):
+    turns_per_minute: int | None = Field(None, ge=1, description="client-requested responses per minute")
+    tokens_per_minute: int | None = Field(None, ge=1, description="new turns are refused once this many were used")
+
+
+class KeyPolicy(_Strict):
+    budget: Budget | None = None
+    rate_limits: RateLimits | None = None
+    max_sessions: int | None = Field(None, ge=1, description="concurrent sessions across every gateway process")
+    team: str | None = None
+
+
+class TeamPolicy(_Strict):
+    budget: Budget | None = None
+    max_sessions: int | None = Field(None, ge=1)
+
+
 class ProviderConfig(_Strict):
     """An OpenAI-compatible realtime upstream."""
 
@@ -80,6 +102,11 @@ class VirtualKeyConfig(_Strict):
     key: SecretStr = Field(description="the credential clients present, e.g. sk-bf-…")
     name: str
     allowed_models: list[str] = Field(default_factory=lambda: ["*"])
+    budget: Budget | None = None
+    rate_limits: RateLimits | None = None
+    max_sessions: int | None = Field(None, ge=1, description="concurrent sessions of this key, across processes sharing the store")
+    team: str | None = Field(None, description="a name under `teams`, whose budget and session cap apply too")
+    log_content: bool | None = Field(None, description="override turn_log.log_content for this key")
 
     @field_validator("key", mode="before")
     @classmethod
@@ -118,8 +145,29 @@ class RealtimeConfig(_Strict):
 
 
 class TurnLogConfig(_Strict):
-    queue_size: int = Field(10000, ge=1, description="records awaiting the sink; overflow is written synchronously")
-    log_content: bool = Field(True, description="include user and model text in turn records")
+    queue_size: int = Field(10000, ge=1, description="records awaiting the sinks; overflow is written synchronously")
+    log_content: bool = Field(True, description="include user and model text in turn records (per-key override)")
+    store: Literal["sqlite", "postgres", "none"] = Field("sqlite", description="the durable turn log")
+    sqlite_path: str = "bifrost-rt/turns.db"
+    postgres_dsn: SecretStr | None = Field(None, description="required when store is postgres")
+    postgres_pool_size: int = Field(4, ge=1)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    spill_path: str = Field("bifrost-rt/turns.spill.jsonl", description="records wait here while the store is unreachable")
+    spill_max_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="beyond it records are still kept; a warning is logged")
+    retry_initial_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(30.0, gt=0)
+    raw_frames: bool = Field(False, description="keep the response.create and response.done frames (capped at 16 KiB each)")
+
+    @field_validator("postgres_dsn", mode="before")
+    @classmethod
+    def _resolve_dsn(cls, value: Any) -> Any:
+        return resolve_secret(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _postgres_needs_dsn(self) -> TurnLogConfig:
+        if self.store == "postgres" and self.postgres_dsn is None:
+            raise ValueError("postgres_dsn is required when store is postgres")
+        return self
 
 
 class ClientSecretsConfig(_Strict):
@@ -162,6 +210,23 @@ class HooksConfig(_Strict):
     queue_size: int = Field(10000, ge=1, description="queued post_turn/session hook calls; beyond it calls are dropped and counted")
 
 
+class StoreConfig(_Strict):
+    redis_url: SecretStr | None = Field(
+        default=None, description="shared counters for budgets, rate limits, session caps and revocations; unset: in-memory"
+    )
+    timeout_s: float = Field(0.5, gt=0)
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _resolve_url(cls, value: Any) -> Any:
+        return resolve_secret(value) if isinstance(value, str) else value
+
+
+class GovernanceConfig(_Strict):
+    fail_open: bool = Field(False, description="when the store is unreachable: allow (true) or refuse (false)")
+    lease_s: float = Field(60.0, ge=3, description="a session's slot is freed this long after its process stops renewing it")
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -180,6 +245,9 @@ class GatewayConfig(_Strict):
     admin_keys: list[SecretStr] = Field(default_factory=list, description="bearer keys for the /api admin routes")
     client_secrets: ClientSecretsConfig = Field(default_factory=ClientSecretsConfig)
     plugins: list[PluginConfig] = Field(default_factory=list)
+    teams: dict[str, TeamPolicy] = Field(default_factory=dict)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
@@ -212,11 +280,20 @@ class GatewayConfig(_Strict):
             if provider not in self.providers:
                 raise ValueError(f"models.{name}: unknown provider {provider!r}")
         seen: set[str] = set()
+        names: set[str] = set()
         for index, vk in enumerate(self.virtual_keys):
             secret = vk.key.get_secret_value()
             if secret in seen:
                 raise ValueError(f"virtual_keys.{index}.key: duplicate key")
+            if vk.name in names:
+                raise ValueError(f"virtual_keys.{index}.name: duplicate name {vk.name!r}")
+            if vk.team is not None and vk.team not in self.teams:
+                raise ValueError(f"virtual_keys.{index}.team: unknown team {vk.team!r}")
             seen.add(secret)
+            names.add(vk.name)
+        limited = self.teams or any(vk.budget or vk.rate_limits or vk.max_sessions for vk in self.virtual_keys)
+        if limited and self.server.workers > 1 and self.store.redis_url is None:
+            raise ValueError("store.redis_url: budgets, rate limits and session caps need a shared store with several workers")
         return self
 
 

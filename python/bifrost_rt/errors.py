@@ -189,6 +189,20 @@ def session_idle(limit_s: float) -> RealtimeError:
     )
 
 
+def budget_exhausted() -> RealtimeError:
+    return RealtimeError(
+        "insufficient_quota",
+        "insufficient_quota",
+        "The budget of this key is used up; the session has ended after its last turn.",
+        close_code=CLOSE_POLICY,
+    )
+
+
+def governance_refusal(type_: str, code: str, message: str) -> RealtimeError:
+    """A governance refusal at connect: policy refusals close 1008; a store outage (fail-closed) 1011."""
+    return RealtimeError(type_, code, message, close_code=CLOSE_INTERNAL if type_ == "server_error" else CLOSE_POLICY)
+
+
 def shutting_down() -> RealtimeError:
     return RealtimeError(
         "server_error",

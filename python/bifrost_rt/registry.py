@@ -71,6 +71,14 @@ class SessionRegistry:
         if self._live.pop(live, None) is not None:
             self._closed_relayed.update(live.relayed())
 
+    def end_session(self, session_id: str, error: RealtimeError) -> bool:
+        """End one session by id (e.g. its key's budget ran out); False if it is not open here."""
+        for live in list(self._live):
+            if live.session.id == session_id:
+                live.end(error)
+                return True
+        return False
+
     def refuse(self, reason: str) -> None:
         self.refused_by_reason[reason] += 1
 

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -20,11 +21,11 @@ import orjson
 from . import _native
 from .auth import Principal
 from .config import RealtimeConfig
-from .errors import new_id
+from .errors import CLOSE_POLICY, new_id
 from .hooks import Decision, HookPipeline, SessionInfo, TurnRequest
 from .pricing import PriceTable
 from .providers import Route
-from .turns import TRANSCRIPT_UNAVAILABLE, TurnInput, TurnRecord, TurnWriter, cap
+from .turns import RAW_LIMIT, TRANSCRIPT_UNAVAILABLE, TurnInput, TurnRecord, TurnWriter, cap
 
 logger = logging.getLogger("bifrost_rt.session")
 
@@ -52,6 +53,7 @@ class _PendingCreate:
     inputs: list[TurnInput]
     response: dict[str, Any]
     request: TurnRequest | None = None  # set when plugins checked it
+    raw: str | None = None  # the frame, when raw frames are kept
 
 
 @dataclass(slots=True)
@@ -64,8 +66,13 @@ class _OpenTurn:
     conversation: str
     client_event_id: str | None
     first_delta_at: float | None = None
+    raw_request: str | None = None
     transcription_usage: list[dict[str, Any]] = field(default_factory=list)
     transcription_cost: float = 0.0
+
+
+# Provider error types/codes after which the session cannot usefully continue.
+_ENDS_SESSION = frozenset({"insufficient_quota", "rate_limit_exceeded"})
 
 
 class SessionControls(Protocol):
@@ -123,7 +130,9 @@ class RealtimeSession:
         prices: PriceTable,
         writer: TurnWriter,
         hooks: HookPipeline,
+        on_turn: Callable[[TurnRecord], None] | None = None,
         log_content: bool = True,
+        raw_frames: bool = False,
         session_id: str | None = None,
     ) -> None:
         self.id = session_id or new_id("sess_bf")
@@ -143,8 +152,10 @@ class RealtimeSession:
         self._prices = prices
         self._writer = writer
         self._hooks = hooks
+        self._on_turn = on_turn
         self.controls: SessionControls | None = None
         self._log_content = log_content
+        self._raw_frames = raw_frames
         self._turns: dict[str, _OpenTurn] = {}
         self._pending_inputs: deque[TurnInput] = deque()
         self._inputs_by_item: dict[str, TurnInput] = {}
@@ -234,13 +245,14 @@ class RealtimeSession:
         if not decision.allowed and self.controls is not None and response_id in self._turns:
             await self.controls.refuse_started_turn(response_id, decision)
 
-    def on_server_frame(self, frame: str) -> None:
+    def on_server_frame(self, frame: str) -> tuple[int, str] | None:
+        """Observe a provider frame; a close (code, reason) comes back when the session must end once it is forwarded."""
         info = self.tracker.observe_server(frame)
         if info is None:
-            return
+            return None
         handler = self._server_handlers.get(info.type)
         if handler is not None:
-            handler(frame, info)
+            return handler(frame, info)
         elif info.type in _FIRST_DELTA_TYPES:
             turn = self._turns.get(info.response_id)
             if turn is not None and turn.first_delta_at is None:
@@ -267,6 +279,7 @@ class RealtimeSession:
             response.get("metadata"),
             inputs,
             response,
+            raw=frame[:RAW_LIMIT] if self._raw_frames else None,
         )
         self._pending_creates.append(pending)
         return pending
@@ -378,9 +391,13 @@ class RealtimeSession:
             self._orphan_transcriptions.append(billed[0])
             self._orphan_transcription_cost += billed[1]
 
-    def _on_error(self, frame: str, info: Any) -> None:
+    def _on_error(self, frame: str, info: Any) -> tuple[int, str] | None:
         event = _loads(frame) or {}
         error = event.get("error") if isinstance(event.get("error"), dict) else {}
+        if _ENDS_SESSION & {error.get("type"), error.get("code")}:
+            # The provider's own quota or rate limit: the client sees its error, then the session ends.
+            type_, code = error.get("type") or "", error.get("code") or ""
+            return CLOSE_POLICY, f"{type_}.{code}" if code else type_
         client_event_id = error.get("event_id")
         if client_event_id:
             # A conversation.item.create the provider refused never becomes an input.
@@ -417,6 +434,7 @@ class RealtimeSession:
             inputs=inputs,
             conversation=pending.conversation if pending is not None else "auto",
             client_event_id=pending.event_id if pending is not None else None,
+            raw_request=pending.raw if pending is not None else None,
         )
         self._turns[response_id] = turn
         if pending is None and self._hooks.checks_turns and self.controls is not None:
@@ -465,6 +483,7 @@ class RealtimeSession:
             error=error,
             usage=usage,
             response=response,
+            raw_response=frame[:RAW_LIMIT] if self._raw_frames else None,
         )
 
     # ---- turn completion -----------------------------------------------------------------------
@@ -495,6 +514,7 @@ class RealtimeSession:
         usage: Any,
         response: dict[str, Any],
         inputs: list[dict[str, Any]] | None = None,
+        raw_response: str | None = None,
     ) -> None:
         now = time.monotonic()
         output = self.tracker.take(turn.response_id) if turn.response_id else None
@@ -569,10 +589,13 @@ class RealtimeSession:
                 "response_metadata": response.get("metadata"),
                 "priced": prices is not None,
             },
+            raw={"request": turn.raw_request, "response": raw_response} if self._raw_frames else None,
         )
         self.turns_recorded += 1
         self._writer.submit(record)
         self._hooks.turn_finished(record)
+        if self._on_turn is not None:
+            self._on_turn(record)
 
     @staticmethod
     def _input_dict(turn_input: TurnInput, final: bool = False) -> dict[str, Any]:

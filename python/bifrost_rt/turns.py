@@ -13,6 +13,7 @@ import orjson
 logger = logging.getLogger("bifrost_rt.turns")
 
 SUMMARY_LIMIT = 1024
+RAW_LIMIT = 16 * 1024
 TRANSCRIPT_UNAVAILABLE = "[audio transcript unavailable]"
 
 
@@ -58,6 +59,7 @@ class TurnRecord:
     started_at: float  # unix seconds
     ended_at: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, str] | None = None  # the request and final frames, each capped at RAW_LIMIT, when enabled
     object: str = "realtime.turn"
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from ..auth import presented_credential
 from ..client_secrets import InvalidToken, is_gateway_token
 from ..gateway import Gateway
+from ..stores.kv import KVUnavailable
 from .handshake import scope_headers
 
 logger = logging.getLogger("bifrost_rt.client_secrets")
@@ -132,6 +133,9 @@ class ClientSecretEndpoint:
             return error_response(400, "invalid_request_error", "model_not_found", f"The model '{model}' is not served by this gateway.", model_param)
         if not principal.allows(route.requested_model):
             return error_response(403, "invalid_request_error", "model_not_allowed", f"This key is not allowed to use the model '{model}'.", model_param)
+        refusal = await gateway.governance.check_budget(principal.key_id)
+        if refusal is not None:
+            return error_response(429 if refusal.type != "server_error" else 503, refusal.type, refusal.code, refusal.message)
 
         upstream_body: dict[str, Any] = {"session": {**session, "model": route.upstream_model, "type": session.get("type") or "realtime"}}
         if expires_after is not None:
@@ -213,6 +217,14 @@ class RevokeEndpoint:
             return error_response(400, "invalid_request_error", "invalid_json", "The request body is not valid JSON.")
         if not isinstance(data, dict):
             return error_response(400, "invalid_request_error", "invalid_type", "The request body must be a JSON object.")
+        try:
+            return await self._revoke(data)
+        except KVUnavailable:
+            return error_response(503, "server_error", "store_unavailable", "The revocation store is unreachable; nothing was revoked.")
+
+    async def _revoke(self, data: dict) -> Response:
+        gateway = self.gateway
+        assert gateway.client_secrets is not None
         if isinstance(data.get("token"), str):
             try:
                 grant = await gateway.client_secrets.revoke_token(data["token"])

@@ -20,11 +20,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from .. import __version__, errors
 from ..auth import Principal, presented_credential
 from ..client_secrets import Grant, InvalidToken, is_gateway_token
-from ..errors import RealtimeError
+from ..errors import RealtimeError, new_id
 from ..gateway import Gateway
 from ..hooks import Decision, HookPipeline
 from ..providers import Route
 from ..registry import SessionRegistry
+from ..stores.kv import KVUnavailable
 from ..session import RealtimeSession
 from .handshake import baggage_session_id, scope_headers, scope_query
 
@@ -109,21 +110,30 @@ class RealtimeWebSocketEndpoint:
             await _refuse(send, selected, admission)
             return
         principal, route, upstream_credential = admission
-        try:
-            upstream = await self._connect_upstream(route, headers, subprotocols, query, upstream_credential)
-        except _UpstreamRefused as refused:
-            gateway.registry.refuse(refused.error.code or "upstream_unavailable")
-            await _refuse(send, selected, refused.error)
+        session_id = new_id("sess_bf")
+        refusal = await gateway.governance.admit(principal.key_id, session_id)
+        if refusal is not None:
+            gateway.registry.refuse(refusal.code)
+            await _refuse(send, selected, errors.governance_refusal(refusal.type, refusal.code, refusal.message))
             return
-        session = gateway.new_session(
-            principal=principal, route=route, transport="websocket", session_group=baggage_session_id(headers)
-        )
         try:
-            await send({"type": "websocket.accept", "subprotocol": selected})
-        except OSError:
-            await upstream.close()
-            return
-        await _Relay(session, upstream, receive, send, gateway.config.realtime.max_frame_bytes, gateway.registry, gateway.hooks).run()
+            try:
+                upstream = await self._connect_upstream(route, headers, subprotocols, query, upstream_credential)
+            except _UpstreamRefused as refused:
+                gateway.registry.refuse(refused.error.code or "upstream_unavailable")
+                await _refuse(send, selected, refused.error)
+                return
+            session = gateway.new_session(
+                principal=principal, route=route, transport="websocket", session_group=baggage_session_id(headers), session_id=session_id
+            )
+            try:
+                await send({"type": "websocket.accept", "subprotocol": selected})
+            except OSError:
+                await upstream.close()
+                return
+            await _Relay(session, upstream, receive, send, gateway.config.realtime.max_frame_bytes, gateway.registry, gateway.hooks).run()
+        finally:
+            await gateway.governance.release(principal.key_id, session_id)
 
     async def _admit(
         self, headers: dict[str, str], subprotocols: list[str], query: dict[str, str]
@@ -171,6 +181,10 @@ class RealtimeWebSocketEndpoint:
             return await secrets.open(token)
         except InvalidToken as error:
             logger.info("client secret refused: %s", error)
+            return None
+        except KVUnavailable:
+            # Revocations cannot be checked: refuse rather than accept a possibly revoked token.
+            logger.warning("client secret refused: the revocation store is unreachable")
             return None
 
     async def _connect_upstream(
@@ -387,8 +401,10 @@ class _Relay:
             self.in_client_send = True
             try:
                 if frame.__class__ is str:
-                    observe(frame)
+                    close_after = observe(frame)
                     await send({"type": "websocket.send", "text": frame})
+                    if close_after is not None:  # the provider's quota or rate limit: its error is forwarded, then close
+                        return _Ending("interrupted", "provider_limit", client_close=close_after)
                 else:  # OpenAI never sends binary; pass anything else through untouched
                     await send({"type": "websocket.send", "bytes": frame})
             except OSError:
