@@ -182,3 +182,28 @@ async def test_openai_agents_realtime_runner_reaches_agent_end(gateway):
     assert saw_end and errors == []
     (record,) = sink.wait_for(1)
     assert record.status == "completed" and record.inputs[-1]["text"] == "hello agent"
+
+
+async def test_duration_priced_transcription_and_keys_that_keep_no_content(simulator, start_gateway):
+    # whisper-1 bills by the minute: 0.006 USD per minute of audio (shipped price table).
+    server, sink = start_gateway(
+        f"{simulator.url}/v1",
+        virtual_keys=[{"key": VIRTUAL_KEY, "name": "private-team", "log_content": False}],
+    )
+    async with client_for(server).realtime.connect(model="gpt-realtime") as conn:
+        await conn.session.update(
+            session={"type": "realtime", "output_modalities": ["text"], "audio": {"input": {"turn_detection": None, "transcription": {"model": "whisper-1"}}}}
+        )
+        audio = tone_pcm16(1500)
+        await conn.input_audio_buffer.append(audio=base64.b64encode(audio).decode())
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        events = await until_done(conn)
+    (transcription,) = [e for e in events if e.type == "conversation.item.input_audio_transcription.completed"]
+    assert transcription.usage.type == "duration"
+    (record,) = sink.wait_for(1)
+    assert record.transcription_usage[0]["kind"] == "duration"
+    assert record.cost["transcription"] == pytest.approx(transcription.usage.seconds / 60 * 0.006)
+    assert record.cost["total"] == pytest.approx(expected_cost(events[-1].response.usage) + transcription.usage.seconds / 60 * 0.006)
+    # The key keeps no content: usage and cost are recorded, text is not.
+    assert record.inputs[0]["text"] is None and record.output["text"] == "" and record.input_summary == ""

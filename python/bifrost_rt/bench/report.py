@@ -68,8 +68,9 @@ def summarize(targets: list[str], runs: list[dict[str, Any]], latencies: dict[st
             row["latency_p99_ms"] = latencies[target]["p99_ms"]
         medians[target] = row
     summary: dict[str, Any] = {"medians": medians}
-    if "gateway" in medians and "floor" in medians:
-        summary["ratios_gateway_over_floor"] = _ratios(runs, medians)
+    for relay in RELAYS:
+        if relay in medians and "floor" in medians:
+            summary[f"ratios_{relay}_over_floor"] = _ratios(runs, medians, relay)
     if "direct" in latencies:
         summary["added_latency_ms"] = {
             t: {"p50": latencies[t]["p50_ms"] - latencies["direct"]["p50_ms"],
@@ -79,15 +80,19 @@ def summarize(targets: list[str], runs: list[dict[str, Any]], latencies: dict[st
     return summary
 
 
-def _ratios(runs: list[dict[str, Any]], medians: dict[str, dict[str, float]]) -> dict[str, Any]:
+# The gateway as shipped (turn accounting, log lines) and with governance and the SQLite turn log on.
+RELAYS = ("gateway", "governed")
+
+
+def _ratios(runs: list[dict[str, Any]], medians: dict[str, dict[str, float]], relay: str) -> dict[str, Any]:
     ratios: dict[str, Any] = {}
     for metric, (phase, field) in CPU_METRICS.items():
-        gateway, floor = medians["gateway"].get(metric), medians["floor"].get(metric)
+        gateway, floor = medians[relay].get(metric), medians["floor"].get(metric)
         if gateway is None or not floor:
             continue
         # The same repeat of both targets ran back to back, so its ratio shows how steady the median is.
         floor_runs = {r["repeat"]: r[field] for r in runs if r["target"] == "floor" and r["phase"] == phase}
-        gateway_runs = {r["repeat"]: r[field] for r in runs if r["target"] == "gateway" and r["phase"] == phase}
+        gateway_runs = {r["repeat"]: r[field] for r in runs if r["target"] == relay and r["phase"] == phase}
         paired = [gateway_runs[n] / floor_runs[n] for n in sorted(floor_runs) if n in gateway_runs and floor_runs[n]]
         ratios[metric] = {"ratio_of_medians": gateway / floor, "per_repeat": paired}
     return ratios
@@ -95,7 +100,7 @@ def _ratios(runs: list[dict[str, Any]], medians: dict[str, dict[str, float]]) ->
 
 def format_table(summary: dict[str, Any], header: str) -> str:
     names = list(summary["medians"])
-    label_width = max(len("gateway/floor"), *(len(n) + 1 for n in names))
+    label_width = max(len("governed/floor"), *(len(n) + 1 for n in names))
     widths = [max(len(title), 9) for _, title, _ in COLUMNS]
 
     def row(label: str, cells: list[str]) -> str:
@@ -106,10 +111,11 @@ def format_table(summary: dict[str, Any], header: str) -> str:
         medians = summary["medians"][name]
         cells = [fmt.format(medians[m]) if m in medians else "-" for m, _, fmt in COLUMNS]
         lines.append(row(name + ("*" if name == "direct" else ""), cells))
-    ratios = summary.get("ratios_gateway_over_floor")
-    if ratios:
-        lines.append(row("gateway/floor", [f"{ratios[m]['ratio_of_medians']:.2f}x" if m in ratios else ""
-                                           for m, _, _ in COLUMNS]))
+    for relay in RELAYS:
+        ratios = summary.get(f"ratios_{relay}_over_floor")
+        if ratios:
+            lines.append(row(f"{relay}/floor", [f"{ratios[m]['ratio_of_medians']:.2f}x" if m in ratios else ""
+                                                for m, _, _ in COLUMNS]))
     added = summary.get("added_latency_ms")
     if added:
         parts = [f"{t} {d['p50']:+.2f} / {d['p99']:+.2f} ms" for t, d in added.items()]

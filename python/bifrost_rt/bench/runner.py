@@ -34,7 +34,8 @@ from bifrost_rt.config import RealtimeConfig
 from bifrost_rt.server import uvicorn_settings
 
 RELAY_CPU, LOAD_CPU = 1, 0
-TARGETS = ("direct", "floor", "gateway")
+TARGETS = ("direct", "floor", "gateway", "governed")
+DEFAULT_TARGETS = ("direct", "floor", "gateway")
 MODEL = "gpt-realtime"
 SIM_KEY, GATEWAY_KEY = "sk-sim", "sk-bf-bench"
 SETTLE_S = 0.2  # lets the relay finish closing sockets before its CPU time is read
@@ -51,7 +52,18 @@ providers:
 virtual_keys:
   - key: {gateway_key}
     name: bench
+{policy}turn_log:
+{turn_log}
 """
+# `gateway`: turn accounting with one log line per turn. `governed`: the same plus a budget, rate limits and a
+# session cap on the key (in memory, or on Redis with --redis-url) and the durable SQLite turn log.
+PLAIN_TURN_LOG = "  store: none"
+GOVERNED_POLICY = """\
+    budget: {{usd: 1000000, period: month}}
+    rate_limits: {{turns_per_minute: 1000000, tokens_per_minute: 1000000000}}
+    max_sessions: 100000
+{store}"""
+GOVERNED_TURN_LOG = "  store: sqlite\n  sqlite_path: {path}/turns.db\n  spill_path: {path}/turns.spill.jsonl"
 
 
 @dataclass(frozen=True)
@@ -93,8 +105,9 @@ _HELP = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     full = Params()
-    parser.add_argument("--targets", default=",".join(TARGETS),
-                        help="comma-separated subset of direct,floor,gateway (default: all)")
+    parser.add_argument("--redis-url", help="Redis for the governed target's counters (default: in memory)")
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                        help="comma-separated subset of direct,floor,gateway,governed (default: direct,floor,gateway)")
     for f in fields(Params):
         kind = float if f.type == "float" else int
         parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
@@ -129,7 +142,7 @@ def run_from_args(ns: argparse.Namespace) -> int:
         if pin:
             os.sched_setaffinity(0, {LOAD_CPU})
         with tempfile.TemporaryDirectory(prefix="bifrost-bench-") as workdir:
-            results = _run(_bench(params, targets, pin, Path(workdir)))
+            results = _run(_bench(params, targets, pin, Path(workdir), ns.redis_url))
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
@@ -175,21 +188,21 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coro)
 
 
-async def _bench(p: Params, names: list[str], pin: bool, workdir: Path) -> dict[str, Any]:
+async def _bench(p: Params, names: list[str], pin: bool, workdir: Path, redis_url: str | None) -> dict[str, Any]:
     # SIGTERM ends the run like Ctrl-C does: through the cleanup, so no server outlives the bench.
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
     assert task is not None
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
-        return await _measure_all(p, names, pin, workdir)
+        return await _measure_all(p, names, pin, workdir, redis_url)
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-async def _measure_all(p: Params, names: list[str], pin: bool, workdir: Path) -> dict[str, Any]:
+async def _measure_all(p: Params, names: list[str], pin: bool, workdir: Path, redis_url: str | None) -> dict[str, Any]:
     with contextlib.closing(Children(workdir, pin)) as children:
-        fast = _start_stack(children, workdir, names, "cpu", p, pace=p.pace, stamp=False)
-        paced = _start_stack(children, workdir, names, "latency", p, pace=1.0, stamp=True)
+        fast = _start_stack(children, workdir, names, "cpu", p, pace=p.pace, stamp=False, redis_url=redis_url)
+        paced = _start_stack(children, workdir, names, "latency", p, pace=1.0, stamp=True, redis_url=redis_url)
         await asyncio.gather(*(c.wait_listening(START_TIMEOUT_S) for c in children.children))
 
         for name in names:  # unmeasured: first connections, lazy imports, allocator growth
@@ -230,7 +243,7 @@ async def _measure_all(p: Params, names: list[str], pin: bool, workdir: Path) ->
 
 
 def _start_stack(children: Children, workdir: Path, names: list[str], label: str, p: Params, pace: float,
-                 stamp: bool) -> dict[str, tuple[Target, Child]]:
+                 stamp: bool, redis_url: str | None = None) -> dict[str, tuple[Target, Child]]:
     """A simulator and the relays in front of it; returns target name -> (how to reach it, whose CPU to read)."""
     sim_port = free_port()
     sim = children.start(f"simulator-{label}", python_module(
@@ -244,13 +257,20 @@ def _start_stack(children: Children, workdir: Path, names: list[str], label: str
         floor = children.start(f"floor-{label}", python_module(
             "bifrost_rt.bench.floor", "--port", port, "--upstream", upstream, "--api-key", SIM_KEY), port, RELAY_CPU)
         stack["floor"] = (Target("floor", _url(port), SIM_KEY), floor)
-    if "gateway" in names:
+    for relay in ("gateway", "governed"):
+        if relay not in names:
+            continue
         port = free_port()
-        config = workdir / f"gateway-{label}.yaml"
-        config.write_text(GATEWAY_CONFIG.format(sim_port=sim_port, sim_key=SIM_KEY, gateway_key=GATEWAY_KEY))
-        gateway = children.start(f"gateway-{label}", python_module(
+        config = workdir / f"{relay}-{label}.yaml"
+        if relay == "gateway":
+            policy, turn_log = "", PLAIN_TURN_LOG
+        else:
+            store = f"store:\n  redis_url: {redis_url}\n" if redis_url else ""
+            policy, turn_log = GOVERNED_POLICY.format(store=store), GOVERNED_TURN_LOG.format(path=workdir / relay / label)
+        config.write_text(GATEWAY_CONFIG.format(sim_port=sim_port, sim_key=SIM_KEY, gateway_key=GATEWAY_KEY, policy=policy, turn_log=turn_log))
+        gateway = children.start(f"{relay}-{label}", python_module(
             "bifrost_rt.cli", "serve", "--config", config, "--host", "127.0.0.1", "--port", port), port, RELAY_CPU)
-        stack["gateway"] = (Target("gateway", _url(port), GATEWAY_KEY), gateway)
+        stack[relay] = (Target(relay, _url(port), GATEWAY_KEY), gateway)
     return stack
 
 
