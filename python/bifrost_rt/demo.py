@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import secrets
 import socket
 import struct
 import sys
+import tempfile
 
 import uvicorn
 
@@ -19,6 +21,7 @@ from .simulator import SimulatorOptions, create_simulator_app
 from .turns import TurnRecord
 
 DEMO_KEY = "sk-bf-demo"
+DEMO_ADMIN_KEY = "demo-admin-key"
 
 
 def _free_port() -> int:
@@ -61,7 +64,7 @@ async def _serve(app, port: int, **settings) -> uvicorn.Server:
     return server
 
 
-async def _converse(gateway_port: int) -> None:
+async def _converse(gateway_port: int, session_group: str) -> None:
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(
@@ -77,7 +80,7 @@ async def _converse(gateway_port: int) -> None:
             if event.type == "response.done":
                 return
 
-    async with client.realtime.connect(model="gpt-realtime") as conn:
+    async with client.realtime.connect(model="gpt-realtime", extra_headers={"baggage": f"session-id={session_group}"}) as conn:
         await conn.session.update(
             session={
                 "type": "realtime",
@@ -107,23 +110,46 @@ async def _converse(gateway_port: int) -> None:
         await until_done(conn)
 
 
-async def _demo() -> int:
+async def _print_session_summary(gateway_port: int, session_group: str) -> None:
+    """Read the session back from the durable turn log through the admin API."""
+    import httpx
+
+    url = f"http://127.0.0.1:{gateway_port}/api/logs/sessions/{session_group}/summary"
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {DEMO_ADMIN_KEY}"}) as http:
+        for _ in range(100):  # the log writer batches off the relay path
+            response = await http.get(url)
+            if response.status_code == 200 and response.json()["turn_count"] >= 4:
+                break
+            await asyncio.sleep(0.05)
+    summary = response.json()
+    print(
+        f"\nGET /api/logs/sessions/{session_group}/summary → {summary.get('turn_count')} turns, "
+        f"{summary.get('total_tokens')} tokens, ${summary.get('total_cost', 0):.6f}, {summary.get('duration_ms', 0):.0f} ms"
+    )
+
+
+async def _demo(workdir: str) -> int:
     sim_port, gateway_port = _free_port(), _free_port()
     simulator = await _serve(create_simulator_app(SimulatorOptions(pace=4.0)), sim_port)
     config = parse_config(
         {
             "providers": {"openai": {"base_url": f"http://127.0.0.1:{sim_port}/v1", "api_key": "sk-simulated"}},
             "virtual_keys": [{"key": DEMO_KEY, "name": "demo"}],
+            "admin_keys": [DEMO_ADMIN_KEY],
+            "turn_log": {"store": "sqlite", "sqlite_path": f"{workdir}/turns.db", "spill_path": f"{workdir}/turns.spill.jsonl"},
         }
     )
     sink = _PrintingSink(expected=4)
     settings = {k: v for k, v in uvicorn_settings(config.realtime).items() if k.startswith("ws")}
     gateway = await _serve(create_app(config, turn_sinks=[sink]), gateway_port, **settings)
     print(f"simulator on 127.0.0.1:{sim_port} · gateway on 127.0.0.1:{gateway_port} · key {DEMO_KEY}")
+    print(f"turn log: SQLite at {workdir}/turns.db")
+    session_group = f"demo-{secrets.token_hex(4)}"
     try:
-        await _converse(gateway_port)
+        await _converse(gateway_port, session_group)
         # The turn writer delivers records off the relay path; give it a moment to catch up.
         await asyncio.wait_for(sink.all_written.wait(), 10)
+        await _print_session_summary(gateway_port, session_group)
     finally:
         gateway.should_exit = simulator.should_exit = True
         await asyncio.sleep(0.3)
@@ -137,4 +163,5 @@ def run_demo() -> int:
     except ImportError:
         print("bifrost-rt demo needs openai-python: pip install 'bifrost-rt[test]'", file=sys.stderr)
         return 2
-    return asyncio.run(_demo())
+    with tempfile.TemporaryDirectory(prefix="bifrost-rt-demo-") as workdir:
+        return asyncio.run(_demo(workdir))
