@@ -33,6 +33,7 @@ test: install cargo-test pytest
 
 bench: install
 	$(BIN)/python -m pytest benches -q --benchmark-only
+	$(BIN)/python benches/pre_turn.py
 	$(BIN)/bifrost-rt bench
 
 wheel: $(BIN)/python

@@ -369,3 +369,17 @@ async def test_query_passes_through_but_credentials_do_not(start_gateway):
         "/v1/realtime?intent=transcription",
         "/v1/realtime?call_id=rtc_abc",
     ]
+
+
+async def test_a_key_limited_to_one_provider(simulator, start_gateway):
+    server, _ = start_gateway(
+        f"{simulator.url}/v1",
+        providers={"openai": {"base_url": f"{simulator.url}/v1", "api_key": "sk-a"}, "backup": {"base_url": f"{simulator.url}/v1", "api_key": "sk-b"}},
+        default_provider="openai",
+        virtual_keys=[{"key": VIRTUAL_KEY, "name": "backup-only", "allowed_providers": ["backup"]}],
+    )
+    auth = {"additional_headers": {"Authorization": f"Bearer {VIRTUAL_KEY}"}}
+    event, code, _, _ = await expect_refusal(ws_url(server, query="model=gpt-realtime"), **auth)
+    assert event["error"]["code"] == "model_not_allowed" and code == 1008
+    async with websockets.connect(ws_url(server, query="model=backup/gpt-realtime"), **auth) as ws:
+        assert (await recv_json(ws))["type"] == "session.created"

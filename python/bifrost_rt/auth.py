@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .config import GatewayConfig, VirtualKeyConfig
+from .providers import Route
 
 SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
 _CREDENTIAL_HEADERS = ("x-bf-vk", "authorization", "api-key", "x-api-key")
@@ -25,8 +26,8 @@ class Principal:
     key_id: str  # a stable, non-secret identifier of the key (hash prefix)
     virtual_key: VirtualKeyConfig
 
-    def allows(self, model: str | None) -> bool:
-        return self.virtual_key.allows(model)
+    def allows(self, route: Route) -> bool:
+        return self.virtual_key.allows(route.requested_model, route.provider_name)
 
 
 def key_id(secret: str) -> str:

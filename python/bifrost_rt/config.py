@@ -102,6 +102,7 @@ class VirtualKeyConfig(_Strict):
     key: SecretStr = Field(description="the credential clients present, e.g. sk-bf-…")
     name: str
     allowed_models: list[str] = Field(default_factory=lambda: ["*"])
+    allowed_providers: list[str] = Field(default_factory=lambda: ["*"])
     budget: Budget | None = None
     rate_limits: RateLimits | None = None
     max_sessions: int | None = Field(None, ge=1, description="concurrent sessions of this key, across processes sharing the store")
@@ -116,7 +117,9 @@ class VirtualKeyConfig(_Strict):
             raise ValueError("must not be empty")
         return value
 
-    def allows(self, model: str | None) -> bool:
+    def allows(self, model: str | None, provider: str) -> bool:
+        if "*" not in self.allowed_providers and provider not in self.allowed_providers:
+            return False
         if "*" in self.allowed_models:
             return True
         return model is not None and model in self.allowed_models
@@ -282,6 +285,9 @@ class GatewayConfig(_Strict):
         seen: set[str] = set()
         names: set[str] = set()
         for index, vk in enumerate(self.virtual_keys):
+            unknown = [p for p in vk.allowed_providers if p != "*" and p not in self.providers]
+            if unknown:
+                raise ValueError(f"virtual_keys.{index}.allowed_providers: unknown provider(s) {unknown}")
             secret = vk.key.get_secret_value()
             if secret in seen:
                 raise ValueError(f"virtual_keys.{index}.key: duplicate key")

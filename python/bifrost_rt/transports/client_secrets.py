@@ -131,7 +131,7 @@ class ClientSecretEndpoint:
         route = gateway.models.resolve(model, self.path_provider)
         if route is None:
             return error_response(400, "invalid_request_error", "model_not_found", f"The model '{model}' is not served by this gateway.", model_param)
-        if not principal.allows(route.requested_model):
+        if not principal.allows(route):
             return error_response(403, "invalid_request_error", "model_not_allowed", f"This key is not allowed to use the model '{model}'.", model_param)
         refusal = await gateway.governance.check_budget(principal.key_id)
         if refusal is not None:

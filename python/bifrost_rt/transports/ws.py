@@ -167,7 +167,7 @@ class RealtimeWebSocketEndpoint:
             route = gateway.models.resolve(model, self.path_provider)
             if route is None:
                 return errors.unknown_model(model or "")
-        if not principal.allows(route.requested_model):
+        if not principal.allows(route):
             return errors.model_not_allowed(route.requested_model)
         if not gateway.registry.has_room():
             return errors.too_many_sessions()
