@@ -109,6 +109,10 @@ async def test_text_audio_and_function_call_turns_are_recorded_and_priced(gatewa
         assert record.latency_ms["total"] >= record.latency_ms["first_delta"] >= 0
         assert record.principal == "team-a" and record.transport == "websocket" and record.model == "gpt-realtime"
 
+    # The later turns re-read the earlier audio from the provider's cache: cached audio is priced at its own rate.
+    assert any(r.usage["cached_audio_tokens"] > 0 for r in records)
+    assert any(r.usage["cached_text_tokens"] > 0 for r in records)
+
     text_record = by_response[text_events[-1].response.id]
     assert text_record.inputs == [{"kind": "text", "item_id": text_record.inputs[0]["item_id"], "call_id": None, "text": "Hello there"}]
     assert text_record.output["text"] == "".join(e.delta for e in text_events if e.type == "response.output_text.delta")
