@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +19,18 @@ from bifrost_rt.turns import TurnRecord
 
 VIRTUAL_KEY = "sk-bf-test-team"
 PROVIDER_KEY = "sk-provider-secret-never-shown"
+
+
+async def recv_json(ws, timeout: float = 10.0) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def recv_until(ws, event_type: str) -> list[dict[str, Any]]:
+    """Every event received up to and including the first of `event_type`."""
+    events = [await recv_json(ws)]
+    while events[-1]["type"] != event_type:
+        events.append(await recv_json(ws))
+    return events
 
 
 class CapturingSink:

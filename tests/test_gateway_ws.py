@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 import websockets
-from conftest import PROVIDER_KEY, VIRTUAL_KEY
+from conftest import PROVIDER_KEY, VIRTUAL_KEY, recv_json, recv_until
 from servers import ServerThread
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
@@ -20,18 +20,6 @@ from websockets.exceptions import ConnectionClosed
 def ws_url(server: ServerThread, path: str = "/v1/realtime", query: str = "model=gpt-realtime") -> str:
     return f"ws://127.0.0.1:{server.port}{path}?{query}"
 
-
-async def recv_json(ws) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), 10))
-
-
-async def recv_until(ws, event_type: str) -> list[dict]:
-    events = []
-    while True:
-        event = await recv_json(ws)
-        events.append(event)
-        if event["type"] == event_type:
-            return events
 
 
 def wait_for_sessions(server: ServerThread, count: int, timeout: float = 5.0) -> None:

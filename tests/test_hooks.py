@@ -8,7 +8,7 @@ import threading
 
 import pytest
 import websockets
-from conftest import VIRTUAL_KEY
+from conftest import VIRTUAL_KEY, recv_json, recv_until
 from servers import ServerThread
 from websockets.exceptions import ConnectionClosed
 
@@ -84,15 +84,7 @@ def user_text(text: str) -> str:
     return json.dumps({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
 
 
-async def recv_json(ws) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), 10))
 
-
-async def until(ws, event_type: str) -> list[dict]:
-    events = []
-    while not events or events[-1]["type"] != event_type:
-        events.append(await recv_json(ws))
-    return events
 
 
 def connect(server):
@@ -107,22 +99,22 @@ async def test_a_denied_turn_is_withheld_and_the_session_continues(simulator, st
     async with connect(server) as ws:
         await recv_json(ws)
         await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"], "tools": [{"type": "function", "name": "lookup", "parameters": {}}]}}))
-        await until(ws, "session.updated")
+        await recv_until(ws, "session.updated")
         await ws.send(user_text("tell me about weapons"))
-        blocked_item = (await until(ws, "conversation.item.done"))[-1]["item"]["id"]
+        blocked_item = (await recv_until(ws, "conversation.item.done"))[-1]["item"]["id"]
         await ws.send(json.dumps({"type": "response.create", "event_id": "evt_blocked"}))
-        events = await until(ws, "error")
+        events = await recv_until(ws, "error")
         assert [e["type"] for e in events if e["type"].startswith("response.")] == []  # never forwarded
         assert events[-1]["error"] == {"type": "invalid_request_error", "code": "topic_blocked", "message": "That topic is off limits.", "param": None, "event_id": "evt_blocked"}
         # The blocked message is still in the conversation, so every turn would be refused until it goes.
         await ws.send(json.dumps({"type": "response.create", "event_id": "evt_again"}))
-        assert (await until(ws, "error"))[-1]["error"]["event_id"] == "evt_again"
+        assert (await recv_until(ws, "error"))[-1]["error"]["event_id"] == "evt_again"
         await ws.send(json.dumps({"type": "conversation.item.delete", "item_id": blocked_item}))
-        await until(ws, "conversation.item.deleted")
+        await recv_until(ws, "conversation.item.deleted")
         # The session goes on: a clean turn is answered.
         await ws.send(user_text("tell me about gardens"))
         await ws.send(json.dumps({"type": "response.create", "event_id": "evt_ok"}))
-        done = (await until(ws, "response.done"))[-1]
+        done = (await recv_until(ws, "response.done"))[-1]
         assert done["response"]["status"] == "completed"
     request = policy.requests[0]
     assert request.session.principal == "team-a" and request.session.model == "gpt-realtime"
@@ -142,7 +134,7 @@ async def test_a_disconnect_decision_closes_with_1008(simulator, start_gateway):
         await recv_json(ws)
         await ws.send(user_text("something forbidden"))
         await ws.send(json.dumps({"type": "response.create"}))
-        event = (await until(ws, "error"))[-1]
+        event = (await recv_until(ws, "error"))[-1]
         assert event["error"]["code"] == "policy_violation"
         with pytest.raises(ConnectionClosed):
             await recv_json(ws)
@@ -159,12 +151,12 @@ async def test_failing_hooks_are_isolated_per_policy(simulator, start_gateway, p
         await ws.send(user_text("hello"))
         await ws.send(json.dumps({"type": "response.create", "event_id": "evt_1", "response": {"output_modalities": ["text"]}}))
         if on_failure == "open":
-            assert (await until(ws, "response.done"))[-1]["response"]["status"] == "completed"
+            assert (await recv_until(ws, "response.done"))[-1]["response"]["status"] == "completed"
         else:
-            event = (await until(ws, "error"))[-1]
+            event = (await recv_until(ws, "error"))[-1]
             assert event["error"]["code"] == "hook_failed" and event["error"]["event_id"] == "evt_1"
             await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime", "instructions": "still open"}}))
-            assert (await until(ws, "session.updated"))[-1]["session"]["instructions"] == "still open"
+            assert (await recv_until(ws, "session.updated"))[-1]["session"]["instructions"] == "still open"
     assert sink.wait_for(1)[0].status == ("completed" if on_failure == "open" else "refused")
 
 
@@ -175,7 +167,7 @@ async def test_off_path_hooks_see_sessions_and_turn_records(simulator, start_gat
         await recv_json(ws)
         await ws.send(user_text("hi"))
         await ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}))
-        await until(ws, "response.done")
+        await recv_until(ws, "response.done")
     started = recorder.wait_for("start")
     record = recorder.wait_for("turn")
     reason = recorder.wait_for("end")
@@ -192,16 +184,16 @@ async def test_wordlist_guardrail_screens_text_and_transcripts(simulator, start_
     async with connect(server) as ws:
         await recv_json(ws)
         await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"], "audio": {"input": {"turn_detection": None, "transcription": {"model": "gpt-4o-mini-transcribe"}}}}}))
-        await until(ws, "session.updated")
+        await recv_until(ws, "session.updated")
         await ws.send(user_text("Please make a WIRE   transfer now"))
         await ws.send(json.dumps({"type": "response.create", "event_id": "evt_text"}))
-        assert (await until(ws, "error"))[-1]["error"]["code"] == "content_blocked"
+        assert (await recv_until(ws, "error"))[-1]["error"]["code"] == "content_blocked"
         # Speech: the transcript ("(N ms of audio)") arrives before the client asks for a response.
         await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA" * 3200}))
         await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
-        await until(ws, "conversation.item.input_audio_transcription.completed")
+        await recv_until(ws, "conversation.item.input_audio_transcription.completed")
         await ws.send(json.dumps({"type": "response.create", "event_id": "evt_audio"}))
-        event = (await until(ws, "error"))[-1]
+        event = (await recv_until(ws, "error"))[-1]
         assert event["error"]["code"] == "content_blocked" and event["error"]["event_id"] == "evt_audio"
     records = sink.wait_for(3)
     assert [r.status for r in records] == ["refused", "refused", "completed"]
@@ -224,12 +216,12 @@ async def _speak_and_expect_cancel(server) -> None:
         await recv_json(ws)
         # Server VAD answers on its own; the transcript is the only user text the policy can see.
         await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"transcription": {"model": "gpt-4o-mini-transcribe"}}}}}))
-        await until(ws, "session.updated")
+        await recv_until(ws, "session.updated")
         tone = "ACAAIAAgACAAIAAg" * 1600  # 400 ms of a loud pcm16 level: speech to the VAD
         silence = "A" * 64000
         await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": tone}))
         await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": silence}))
-        events = await until(ws, "response.done")
+        events = await recv_until(ws, "response.done")
         errors = [e for e in events if e["type"] == "error"]
         assert errors and errors[0]["error"]["code"] == "topic_blocked"
         assert events[-1]["response"]["status"] == "cancelled"

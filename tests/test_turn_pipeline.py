@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 import yaml
-from conftest import VIRTUAL_KEY
+from conftest import VIRTUAL_KEY, recv_json, recv_until
 from openai import AsyncOpenAI
 from test_serve import free_port, wait_until_listening
 from websockets.asyncio.server import serve as ws_serve
@@ -27,15 +27,7 @@ def connect(server, key: str = VIRTUAL_KEY):
     return websockets.connect(f"{server.ws_url}/v1/realtime?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {key}"})
 
 
-async def recv_json(ws) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), 10))
 
-
-async def until(ws, event_type: str) -> list[dict]:
-    events = []
-    while not events or events[-1]["type"] != event_type:
-        events.append(await recv_json(ws))
-    return events
 
 
 async def text_turn(ws, text: str = "hello", event_id: str | None = None) -> list[dict]:
@@ -44,7 +36,7 @@ async def text_turn(ws, text: str = "hello", event_id: str | None = None) -> lis
     if event_id:
         create["event_id"] = event_id
     await ws.send(json.dumps(create))
-    return await until(ws, "response.done")
+    return await recv_until(ws, "response.done")
 
 
 def limited_key(**policy) -> list[dict]:
@@ -57,7 +49,7 @@ async def test_a_turn_that_exhausts_the_budget_finishes_then_the_session_ends(si
         await recv_json(ws)
         done = (await text_turn(ws))[-1]
         assert done["response"]["status"] == "completed"  # the turn that crossed the budget was let finish
-        event = (await until(ws, "error"))[-1]
+        event = (await recv_until(ws, "error"))[-1]
         assert event["error"]["code"] == "insufficient_quota"
         with pytest.raises(ConnectionClosed):
             await recv_json(ws)
@@ -87,10 +79,10 @@ async def test_turns_per_minute_refuse_the_turn_not_the_session(simulator, start
         for n in range(2):
             assert (await text_turn(ws, event_id=f"evt_{n}"))[-1]["response"]["status"] == "completed"
         await ws.send(json.dumps({"type": "response.create", "event_id": "evt_third"}))
-        error = (await until(ws, "error"))[-1]["error"]
+        error = (await recv_until(ws, "error"))[-1]["error"]
         assert (error["type"], error["code"], error["event_id"]) == ("rate_limit_exceeded", "turns_per_minute", "evt_third")
         await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime", "instructions": "still here"}}))
-        assert (await until(ws, "session.updated"))[-1]["session"]["instructions"] == "still here"
+        assert (await recv_until(ws, "session.updated"))[-1]["session"]["instructions"] == "still here"
     assert [r.status for r in sink.wait_for(3)] == ["completed", "completed", "refused"]
 
 
@@ -159,7 +151,7 @@ async def test_two_gateway_processes_share_one_budget_and_one_session_cap(simula
             async with websockets.connect(urls[1], **auth) as second:  # the other process knows the slot is taken
                 assert (await recv_json(second))["error"]["code"] == "session_limit_reached"
             await text_turn(first)  # spends more than the whole budget
-            assert (await until(first, "error"))[-1]["error"]["code"] == "insufficient_quota"
+            assert (await recv_until(first, "error"))[-1]["error"]["code"] == "insufficient_quota"
         for _ in range(100):  # wait for process 0 to release its slot; then the budget is what refuses
             async with websockets.connect(urls[1], **auth) as late:
                 error = (await recv_json(late))["error"]

@@ -22,6 +22,7 @@ from .registry import SessionRegistry
 from .session import RealtimeSession
 from .stores.kv import KVStore, MemoryKV, RedisKV
 from .stores.logs import PostgresTurnStore, SpoolingStore, SQLiteTurnStore
+from .tasks import stop_task
 from .turns import LogLineSink, TurnRecord, TurnSink, TurnWriter
 
 logger = logging.getLogger("bifrost_rt.gateway")
@@ -170,8 +171,7 @@ class Gateway:
         if len(self.registry):
             await self.drain()
         await self.registry.close()
-        if self._renewer is not None:
-            self._renewer.cancel()
+        await stop_task(self._renewer)
         await self.turns.close()
         await self.hooks.close()
         if self._charges:

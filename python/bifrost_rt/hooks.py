@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .tasks import stop_task
 from .turns import TurnRecord
 
 logger = logging.getLogger("bifrost_rt.hooks")
@@ -210,9 +211,5 @@ class HookPipeline:
             await asyncio.wait_for(self._queue.join(), timeout)
         except asyncio.TimeoutError:
             logger.error("hooks: %d queued hook call(s) abandoned at shutdown", self.depth)
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        await stop_task(self._task)
         self._task = None

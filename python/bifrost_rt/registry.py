@@ -16,6 +16,7 @@ from . import errors
 from .config import RealtimeConfig
 from .errors import RealtimeError
 from .session import RealtimeSession
+from .tasks import stop_task
 
 logger = logging.getLogger("bifrost_rt.registry")
 
@@ -136,10 +137,5 @@ class SessionRegistry:
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            try:
-                await self._supervisor
-            except asyncio.CancelledError:
-                pass
-            self._supervisor = None
+        await stop_task(self._supervisor)
+        self._supervisor = None

@@ -10,6 +10,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from .tasks import stop_task
+
 logger = logging.getLogger("bifrost_rt.turns")
 
 SUMMARY_LIMIT = 1024
@@ -149,9 +151,5 @@ class TurnWriter:
             logger.error("turn writer: %d record(s) still queued at shutdown; writing them as log lines", self.depth)
             while not self._queue.empty():
                 write_log_line(self._queue.get_nowait())
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        await stop_task(self._task)
         self._task = None
