@@ -291,7 +291,9 @@ async def test_a_client_that_stops_answering_pings_is_dropped(simulator, start_g
     async with websockets.connect(ws_url(server), additional_headers={"Authorization": f"Bearer {VIRTUAL_KEY}"}, ping_interval=None) as ws:
         await recv_json(ws)
         ws.transport.pause_reading()  # pings pile up unanswered
+        # The heartbeat is a matter of time: 0.2 s interval + 0.3 s timeout, with room for a loaded machine.
         await asyncio.sleep(1.5)
+        await asyncio.to_thread(wait_for_sessions, server, 0)  # the gateway has already dropped the session
         ws.transport.resume_reading()
         with pytest.raises(ConnectionClosed):
             while True:
