@@ -305,3 +305,14 @@ async def test_cors_preflight_actual_requests_and_websocket_origin(secrets_gatew
     for origin in (APP_ORIGIN, None):
         async with websockets.connect(url, origin=origin, additional_headers=auth) as ws:
             assert json.loads(await ws.recv())["type"] == "session.created"
+
+
+async def test_the_forwarded_session_names_the_bare_upstream_model(secrets_gateway):
+    server, _ = secrets_gateway
+    response = await mint(server, model="openai/gpt-realtime")
+    assert response.status_code == 200
+    session = response.json()["session"]
+    assert session["model"] == "gpt-realtime" and session["type"] == "realtime"  # what the provider was asked for
+    token = response.json()["value"]
+    async with websockets.connect(f"{server.ws_url}/v1/realtime", subprotocols=["realtime", f"openai-insecure-api-key.{token}"]) as ws:
+        assert json.loads(await ws.recv())["session"]["model"] == "gpt-realtime"
