@@ -373,3 +373,15 @@ async def test_a_key_limited_to_one_provider(simulator, start_gateway):
     assert event["error"]["code"] == "model_not_allowed" and code == 1008
     async with websockets.connect(ws_url(server, query="model=backup/gpt-realtime"), **auth) as ws:
         assert (await recv_json(ws))["type"] == "session.created"
+
+
+async def test_permessage_deflate_is_a_deliberate_choice(simulator, start_gateway):
+    auth = {"additional_headers": {"Authorization": f"Bearer {VIRTUAL_KEY}"}}  # websockets offers deflate by default
+    plain, _ = start_gateway(f"{simulator.url}/v1")
+    async with websockets.connect(ws_url(plain), **auth) as ws:
+        assert ws.protocol.extensions == []
+        assert (await recv_json(ws))["type"] == "session.created"
+    compressed, _ = start_gateway(f"{simulator.url}/v1", realtime={"permessage_deflate": True})
+    async with websockets.connect(ws_url(compressed), **auth) as ws:
+        assert [e.name for e in ws.protocol.extensions] == ["permessage-deflate"]
+        assert (await recv_json(ws))["type"] == "session.created"
