@@ -62,6 +62,8 @@ impl<'a, 'py> FrameArg<'a, 'py> {
         }
     }
 
+    /// Inlined, so that the large result is built in the caller's frame rather than copied.
+    #[inline(always)]
     fn scan(&self) -> frame::FrameInfo {
         match self {
             FrameArg::Str {

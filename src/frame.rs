@@ -373,6 +373,95 @@ enum Member<'i> {
     Ignored,
 }
 
+/// The top-level keys the scanner records.
+#[derive(Clone, Copy)]
+enum TopKey {
+    Type,
+    EventId,
+    ResponseId,
+    ItemId,
+    CallId,
+    PreviousItemId,
+    Name,
+    Arguments,
+    Delta,
+    Audio,
+    OutputIndex,
+    ContentIndex,
+    Usage,
+    Response,
+    Item,
+    Other,
+}
+
+impl TopKey {
+    fn from_key(key: &[u8]) -> TopKey {
+        match key {
+            b"type" => TopKey::Type,
+            b"event_id" => TopKey::EventId,
+            b"response_id" => TopKey::ResponseId,
+            b"item_id" => TopKey::ItemId,
+            b"call_id" => TopKey::CallId,
+            b"previous_item_id" => TopKey::PreviousItemId,
+            b"name" => TopKey::Name,
+            b"arguments" => TopKey::Arguments,
+            b"delta" => TopKey::Delta,
+            b"audio" => TopKey::Audio,
+            b"output_index" => TopKey::OutputIndex,
+            b"content_index" => TopKey::ContentIndex,
+            b"usage" => TopKey::Usage,
+            b"response" => TopKey::Response,
+            b"item" => TopKey::Item,
+            _ => TopKey::Other,
+        }
+    }
+}
+
+/// `"key":` as a little-endian word, for a masked compare against the frame's next 16 bytes.
+#[derive(Clone, Copy)]
+struct KeyLiteral {
+    word: u128,
+    mask: u128,
+    len: usize,
+}
+
+impl KeyLiteral {
+    const fn new(literal: &[u8]) -> Self {
+        assert!(literal.len() <= 16);
+        let mut word = 0u128;
+        let mut index = 0;
+        while index < literal.len() {
+            word |= (literal[index] as u128) << (8 * index);
+            index += 1;
+        }
+        KeyLiteral {
+            word,
+            mask: u128::MAX >> (8 * (16 - literal.len())),
+            len: literal.len(),
+        }
+    }
+
+    #[inline(always)]
+    fn matches(self, word: u128) -> bool {
+        (word ^ self.word) & self.mask == 0
+    }
+}
+
+const KEY_TYPE: KeyLiteral = KeyLiteral::new(br#""type":"#);
+const KEY_EVENT_ID: KeyLiteral = KeyLiteral::new(br#""event_id":"#);
+const KEY_RESPONSE_ID: KeyLiteral = KeyLiteral::new(br#""response_id":"#);
+const KEY_RESPONSE: KeyLiteral = KeyLiteral::new(br#""response":"#);
+const KEY_ITEM_ID: KeyLiteral = KeyLiteral::new(br#""item_id":"#);
+const KEY_ITEM: KeyLiteral = KeyLiteral::new(br#""item":"#);
+const KEY_OUTPUT_INDEX: KeyLiteral = KeyLiteral::new(br#""output_index":"#);
+const KEY_CONTENT_INDEX: KeyLiteral = KeyLiteral::new(br#""content_index":"#);
+const KEY_CALL_ID: KeyLiteral = KeyLiteral::new(br#""call_id":"#);
+const KEY_DELTA: KeyLiteral = KeyLiteral::new(br#""delta":"#);
+const KEY_AUDIO: KeyLiteral = KeyLiteral::new(br#""audio":"#);
+const KEY_ARGUMENTS: KeyLiteral = KeyLiteral::new(br#""arguments":"#);
+const KEY_NAME: KeyLiteral = KeyLiteral::new(br#""name":"#);
+const KEY_USAGE: KeyLiteral = KeyLiteral::new(br#""usage":"#);
+
 enum TypeField {
     Missing,
     NotString,
@@ -442,61 +531,138 @@ impl<'a> Scanner<'a> {
         Ok(event_type)
     }
 
+    /// The top-level object, with its own loop: keys of the API's frames are matched whole at
+    /// the current position, and only other keys go through the general string scan.
     fn top_level_object(&mut self, info: &mut FrameInfo) -> ScanResult<TypeField> {
+        let depth = 1;
         let mut type_span = None;
         let mut type_seen = false;
-        self.object(0, |scanner, key| {
-            let depth = 1;
+        self.pos += 1;
+        self.skip_whitespace();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(TypeField::Missing);
+        }
+        loop {
+            let key = match self.known_key() {
+                Some(key) => key,
+                None => self.other_key()?,
+            };
+            self.skip_whitespace();
             // Map the key to its destination first, so that each value parser is inlined once.
             let member = match key {
-                b"type" => {
+                TopKey::Type => {
                     type_seen = true;
                     Member::Text(&mut type_span)
                 }
-                b"event_id" => Member::Text(&mut info.event_id),
-                b"response_id" => Member::Text(&mut info.response_id),
-                b"item_id" => Member::Text(&mut info.item_id),
-                b"call_id" => Member::Text(&mut info.call_id),
-                b"previous_item_id" => Member::Text(&mut info.previous_item_id),
-                b"name" => Member::Text(&mut info.name),
-                b"arguments" => Member::Text(&mut info.arguments),
-                b"delta" => Member::Text(&mut info.delta),
-                b"audio" => Member::Text(&mut info.audio),
-                b"output_index" => Member::Integer(&mut info.output_index),
-                b"content_index" => Member::Integer(&mut info.content_index),
-                b"usage" => Member::Raw(&mut info.usage),
-                b"response" => Member::Response(&mut info.response),
-                b"item" => Member::Item(&mut info.item),
-                _ => Member::Ignored,
+                TopKey::EventId => Member::Text(&mut info.event_id),
+                TopKey::ResponseId => Member::Text(&mut info.response_id),
+                TopKey::ItemId => Member::Text(&mut info.item_id),
+                TopKey::CallId => Member::Text(&mut info.call_id),
+                TopKey::PreviousItemId => Member::Text(&mut info.previous_item_id),
+                TopKey::Name => Member::Text(&mut info.name),
+                TopKey::Arguments => Member::Text(&mut info.arguments),
+                TopKey::Delta => Member::Text(&mut info.delta),
+                TopKey::Audio => Member::Text(&mut info.audio),
+                TopKey::OutputIndex => Member::Integer(&mut info.output_index),
+                TopKey::ContentIndex => Member::Integer(&mut info.content_index),
+                TopKey::Usage => Member::Raw(&mut info.usage),
+                TopKey::Response => Member::Response(&mut info.response),
+                TopKey::Item => Member::Item(&mut info.item),
+                TopKey::Other => Member::Ignored,
             };
             match member {
-                Member::Text(slot) => *slot = scanner.string_value(depth)?,
-                Member::Integer(slot) => *slot = scanner.integer_value(depth)?,
-                Member::Raw(slot) => *slot = Some(scanner.value_span(depth)?),
+                Member::Text(slot) => *slot = self.string_value(depth)?,
+                Member::Integer(slot) => *slot = self.integer_value(depth)?,
+                Member::Raw(slot) => *slot = Some(self.value_span(depth)?),
                 Member::Response(slot) => {
-                    *slot = if scanner.peek() == Some(b'{') {
-                        Some(scanner.response_object(depth)?)
+                    *slot = if self.peek() == Some(b'{') {
+                        Some(self.response_object(depth)?)
                     } else {
-                        scanner.skip_value(depth)?;
+                        self.skip_value(depth)?;
                         None
                     }
                 }
                 Member::Item(slot) => {
-                    *slot = if scanner.peek() == Some(b'{') {
-                        Some(scanner.item_object(depth)?)
+                    *slot = if self.peek() == Some(b'{') {
+                        Some(self.item_object(depth)?)
                     } else {
-                        scanner.skip_value(depth)?;
+                        self.skip_value(depth)?;
                         None
                     }
                 }
-                Member::Ignored => scanner.skip_value(depth)?,
+                Member::Ignored => self.skip_value(depth)?,
             }
-            Ok(())
-        })?;
+            // Frames from the API have no whitespace between members.
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    break;
+                }
+                _ => {
+                    self.skip_whitespace();
+                    match self.peek() {
+                        Some(b',') => self.pos += 1,
+                        Some(b'}') => {
+                            self.pos += 1;
+                            break;
+                        }
+                        _ => return Err(ScanError::json(self.pos)),
+                    }
+                }
+            }
+            self.skip_whitespace();
+        }
         Ok(match (type_seen, type_span) {
             (false, _) => TypeField::Missing,
             (true, None) => TypeField::NotString,
             (true, Some(span)) => TypeField::String(span),
+        })
+    }
+
+    /// Recognizes `"key":` for the keys the API sends, compared whole against 16 bytes at
+    /// `self.pos`, and steps past it. `None` leaves the key to [`Self::other_key`].
+    #[inline(always)]
+    fn known_key(&mut self) -> Option<TopKey> {
+        let window: [u8; 16] = self.bytes.get(self.pos..self.pos + 16)?.try_into().ok()?;
+        let word = u128::from_le_bytes(window);
+        let (key, literal) = match window[1] {
+            b't' if KEY_TYPE.matches(word) => (TopKey::Type, KEY_TYPE),
+            b'e' if KEY_EVENT_ID.matches(word) => (TopKey::EventId, KEY_EVENT_ID),
+            b'r' if KEY_RESPONSE_ID.matches(word) => (TopKey::ResponseId, KEY_RESPONSE_ID),
+            b'r' if KEY_RESPONSE.matches(word) => (TopKey::Response, KEY_RESPONSE),
+            b'i' if KEY_ITEM_ID.matches(word) => (TopKey::ItemId, KEY_ITEM_ID),
+            b'i' if KEY_ITEM.matches(word) => (TopKey::Item, KEY_ITEM),
+            b'o' if KEY_OUTPUT_INDEX.matches(word) => (TopKey::OutputIndex, KEY_OUTPUT_INDEX),
+            b'c' if KEY_CONTENT_INDEX.matches(word) => (TopKey::ContentIndex, KEY_CONTENT_INDEX),
+            b'c' if KEY_CALL_ID.matches(word) => (TopKey::CallId, KEY_CALL_ID),
+            b'd' if KEY_DELTA.matches(word) => (TopKey::Delta, KEY_DELTA),
+            b'a' if KEY_AUDIO.matches(word) => (TopKey::Audio, KEY_AUDIO),
+            b'a' if KEY_ARGUMENTS.matches(word) => (TopKey::Arguments, KEY_ARGUMENTS),
+            b'n' if KEY_NAME.matches(word) => (TopKey::Name, KEY_NAME),
+            b'u' if KEY_USAGE.matches(word) => (TopKey::Usage, KEY_USAGE),
+            _ => return None,
+        };
+        self.pos += literal.len;
+        Some(key)
+    }
+
+    /// Any other key: scanned as a string, unescaped if needed, then classified. Leaves
+    /// `self.pos` just past the `:`.
+    #[inline(never)]
+    fn other_key(&mut self) -> ScanResult<TopKey> {
+        if self.peek() != Some(b'"') {
+            return Err(ScanError::json(self.pos));
+        }
+        let span = self.string()?;
+        self.skip_whitespace();
+        self.expect(b':')?;
+        let raw = span.raw(self.bytes);
+        Ok(if span.escaped {
+            TopKey::from_key(unescape(raw).as_bytes())
+        } else {
+            TopKey::from_key(raw)
         })
     }
 
@@ -936,18 +1102,23 @@ mod x86 {
 
     use super::{chunk_may_need_attention, plain_prefix_len_bytewise, PLAIN_CHUNK};
 
-    /// Exact 16-byte steps taken before switching to the long-run scan.
-    const SHORT_STEPS: usize = 4;
+    /// Exact 32-byte steps taken before switching to the long-run scan.
+    const SHORT_STEPS: usize = 2;
 
-    /// Inlined into the string scanner so that short strings cost a few instructions.
+    /// Inlined into the string scanner so that short strings cost a few instructions: an id
+    /// fits one 32-byte step, whose two 16-byte halves are tested independently.
     #[inline(always)]
     pub(super) fn plain_prefix_len(bytes: &[u8]) -> usize {
         let mut at = 0;
         for _ in 0..SHORT_STEPS {
-            match special_mask_16(bytes, at) {
-                Some(0) => at += 16,
-                Some(mask) => return at + mask.trailing_zeros() as usize,
-                None => return at + plain_prefix_len_bytewise(bytes.get(at..).unwrap_or(&[])),
+            let (Some(low), Some(high)) =
+                (special_mask_16(bytes, at), special_mask_16(bytes, at + 16))
+            else {
+                return at + exact_steps(bytes.get(at..).unwrap_or(&[]));
+            };
+            match low | high << 16 {
+                0 => at += 32,
+                mask => return at + mask.trailing_zeros() as usize,
             }
         }
         at + long_run(bytes.get(at..).unwrap_or(&[]))
@@ -993,13 +1164,14 @@ mod x86 {
         }
     }
 
-    /// The portable chunk test, compiled for 256-bit vectors.
+    /// The portable chunk test written out for 256-bit vectors, with fewer operations: a signed
+    /// minimum across the chunk finds any byte below 0x23, so only backslash needs compares.
     #[target_feature(enable = "avx2")]
     fn long_run_avx2(bytes: &[u8]) -> usize {
         let mut chunks = bytes.chunks_exact(PLAIN_CHUNK);
         let mut offset = 0;
         for chunk in &mut chunks {
-            if chunk_may_need_attention(chunk) {
+            if chunk_flagged_avx2(chunk) {
                 let position = exact_steps(chunk);
                 if position < PLAIN_CHUNK {
                     return offset + position;
@@ -1008,6 +1180,39 @@ mod x86 {
             offset += PLAIN_CHUNK;
         }
         offset + exact_steps(chunks.remainder())
+    }
+
+    /// Same verdict as `chunk_may_need_attention` for a `PLAIN_CHUNK`-byte chunk.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn chunk_flagged_avx2(chunk: &[u8]) -> bool {
+        const _: () = assert!(PLAIN_CHUNK == 128);
+        let Some(chunk) = chunk.first_chunk::<128>() else {
+            return chunk_may_need_attention(chunk);
+        };
+        let at = chunk.as_ptr();
+        // SAFETY: AVX2 is enabled for this function, and `chunk` has 128 readable bytes.
+        unsafe {
+            let v0 = _mm256_loadu_si256(at.cast());
+            let v1 = _mm256_loadu_si256(at.add(32).cast());
+            let v2 = _mm256_loadu_si256(at.add(64).cast());
+            let v3 = _mm256_loadu_si256(at.add(96).cast());
+            let low = _mm256_min_epi8(_mm256_min_epi8(v0, v1), _mm256_min_epi8(v2, v3));
+            let below = _mm256_cmpgt_epi8(_mm256_set1_epi8(0x23), low);
+            let backslash = _mm256_set1_epi8(b'\\' as i8);
+            let escapes = _mm256_or_si256(
+                _mm256_or_si256(
+                    _mm256_cmpeq_epi8(v0, backslash),
+                    _mm256_cmpeq_epi8(v1, backslash),
+                ),
+                _mm256_or_si256(
+                    _mm256_cmpeq_epi8(v2, backslash),
+                    _mm256_cmpeq_epi8(v3, backslash),
+                ),
+            );
+            let flagged = _mm256_or_si256(below, escapes);
+            _mm256_testz_si256(flagged, flagged) == 0
+        }
     }
 }
 
