@@ -1,4 +1,5 @@
 """The simulator's ASGI app: WebSocket `/v1/realtime` (and `/realtime`), `POST /v1/realtime/client_secrets`,
+WebRTC calls `POST /v1/realtime/calls` and `POST /v1/realtime/calls/{call_id}/hangup` (also without `/v1`),
 `GET /healthz`.
 
 Handshake failures follow the API: the upgrade succeeds, then an `error` event and an application close code
@@ -7,12 +8,15 @@ Handshake failures follow the API: the upgrade succeeds, then an `error` event a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import uvicorn
+from aiortc.exceptions import InvalidAccessError
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
@@ -28,6 +32,7 @@ from .events import ClientError
 from .ids import new_client_secret, new_id
 from .options import SimulatorOptions
 from .session import RealtimeSession
+from .webrtc import Calls, read_offer
 
 logger = logging.getLogger("bifrost_rt.simulator")
 
@@ -122,8 +127,10 @@ def _json(payload: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json")
 
 
-def _http_error(status_code: int, message: str, code: str | None, param: str | None = None) -> Response:
-    error = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+def _http_error(
+    status_code: int, message: str, code: str | None, param: str | None = None, type: str = "invalid_request_error"
+) -> Response:
+    error = {"message": message, "type": type, "param": param, "code": code}
     return _json({"error": error}, status_code)
 
 
@@ -140,6 +147,7 @@ async def _refuse(websocket: WebSocket, message: str, code: str | None, close_co
 def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
     options = options or SimulatorOptions()
     secrets = ClientSecrets()
+    calls = Calls(options)
     live_sessions = 0
 
     def key_status(key: str) -> tuple[bool, dict[str, Any] | None]:
@@ -232,17 +240,74 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
         value, expires_at = secrets.issue(session, ttl)
         return _json({"value": value, "expires_at": expires_at, "session": session})
 
+    def call_auth(request: Request) -> tuple[Response | None, dict[str, Any] | None]:
+        """(the refusal when the key is missing or wrong, the client secret's session when the key is one)."""
+        key = _bearer(request.headers)
+        if key is None:
+            return _http_error(401, _MISSING_KEY_MESSAGE, None), None
+        accepted, secret_session = key_status(key)
+        if not accepted:
+            return _http_error(401, _WRONG_KEY_MESSAGE, "invalid_api_key"), None
+        return None, secret_session
+
+    async def create_call(request: Request) -> Response:
+        refused, secret_session = call_auth(request)
+        if refused is not None:
+            return refused
+        try:
+            offer, requested = await read_offer(request)
+            if secret_session is not None:
+                base = fresh_copy(secret_session)
+            elif isinstance(requested, dict) and requested.get("type") == "transcription":
+                base = new_transcription_session()
+            else:
+                base = new_realtime_session(request.query_params.get("model") or options.model)
+            config = base if requested is None else apply_session_update(base, requested)
+        except ClientError as exc:
+            return _http_error(400, exc.message, exc.code, exc.param)
+        # No await between this check and `calls.open` taking its place: concurrent requests cannot overshoot.
+        if calls.full:
+            return _http_error(429, f"Too many concurrent calls: this server takes at most {options.webrtc_max_calls}.",
+                               "rate_limit_exceeded", type="requests")
+        try:
+            call_id, answer = await calls.open(offer, config)
+        except (ValueError, InvalidAccessError) as exc:
+            return _http_error(400, f"Invalid SDP offer: {exc}", "invalid_offer", "sdp")
+        return Response(answer, status_code=201, media_type="application/sdp",
+                        headers={"Location": f"/v1/realtime/calls/{call_id}"})
+
+    async def hangup(request: Request) -> Response:
+        refused, _ = call_auth(request)
+        if refused is not None:
+            return refused
+        call_id = request.path_params["call_id"]
+        call = calls.get(call_id)
+        if call is None:
+            return _http_error(404, f"Call with id '{call_id}' not found.", "call_not_found", "call_id")
+        await call.hang_up()
+        return Response(status_code=200)
+
     async def healthz(request: Request) -> Response:
-        return _json({"status": "ok", "sessions": live_sessions})
+        return _json({"status": "ok", "sessions": live_sessions, "calls": len(calls)})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await calls.close_all()
 
     return Starlette(
         routes=[
             WebSocketRoute("/v1/realtime", realtime),
             WebSocketRoute("/realtime", realtime),
             Route("/v1/realtime/client_secrets", client_secrets, methods=["POST"]),
+            Route("/v1/realtime/calls", create_call, methods=["POST"]),
+            Route("/realtime/calls", create_call, methods=["POST"]),
+            Route("/v1/realtime/calls/{call_id}/hangup", hangup, methods=["POST"]),
+            Route("/realtime/calls/{call_id}/hangup", hangup, methods=["POST"]),
             Route("/healthz", healthz),
         ],
         middleware=[Middleware(_ExposeTransport)],
+        lifespan=lifespan,
     )
 
 

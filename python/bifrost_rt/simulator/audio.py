@@ -19,10 +19,10 @@ PCM16 = "audio/pcm"
 PCMU = "audio/pcmu"
 PCMA = "audio/pcma"
 BYTES_PER_MS = {PCM16: 48, PCMU: 8, PCMA: 8}
-_SAMPLE_RATE = {PCM16: 24_000, PCMU: 8_000, PCMA: 8_000}
+SAMPLE_RATE = {PCM16: 24_000, PCMU: 8_000, PCMA: 8_000}
 
 TONE_HZ = 440
-_TONE_AMPLITUDE = 8192  # of 32767
+TONE_AMPLITUDE = 8192  # of 32767
 
 # VAD: a frame is speech when its RMS level (0..1 of full scale) reaches `threshold * SPEECH_LEVEL_PER_THRESHOLD`,
 # so the default threshold 0.5 means an RMS of 0.025 (about -32 dBFS). The output tone sits at about 0.18.
@@ -109,9 +109,9 @@ def encode(kind: str, samples: list[int]) -> bytes:
 
 @cache
 def _tone_second(kind: str) -> bytes:
-    rate = _SAMPLE_RATE[kind]
+    rate = SAMPLE_RATE[kind]
     step = 2 * math.pi * TONE_HZ / rate
-    return encode(kind, [round(_TONE_AMPLITUDE * math.sin(step * n)) for n in range(rate)])
+    return encode(kind, [round(TONE_AMPLITUDE * math.sin(step * n)) for n in range(rate)])
 
 
 def tone_bytes(kind: str, start_ms: int, length_ms: int) -> bytes:

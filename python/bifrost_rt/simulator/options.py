@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -53,6 +54,14 @@ class SimulatorOptions(BaseModel):
     """Adds "sim_sent_ns" (time.time_ns() at send) to every delta event, for latency measurements through relays."""
     model: str = "gpt-realtime"
     """Session model when the URL has no `?model=`."""
+    webrtc_max_calls: int = Field(100, ge=1)
+    """Most WebRTC calls (`POST /v1/realtime/calls`) open at once; more are refused with 429."""
+    webrtc_host_candidates: Literal["loopback", "interfaces", "all"] = "loopback"
+    """Where a call's ICE host candidates are: 127.0.0.1 only (clients on this machine; media never leaves it),
+    the network interfaces' addresses (aioice's own choice, for clients elsewhere), or both."""
+    webrtc_ice_servers: list[str] = []
+    """STUN server URLs (`stun:host:port`) for server-reflexive candidates. Empty: no server is contacted
+    (aiortc would otherwise use a public STUN server)."""
 
     @field_validator("fault")
     @classmethod

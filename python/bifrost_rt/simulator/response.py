@@ -10,7 +10,8 @@ Instead of a message, the response calls a function when the effective tools hol
 (first function tool). The call's arguments are `{"query": "<user text>"}`, streamed in a few deltas.
 
 `["text"]` output streams `output_text` deltas of a few words each; `["audio"]` streams transcript deltas spread over
-the audio deltas (see audio.py for the tone and `SimulatorOptions` for pacing).
+the audio deltas (see audio.py for the tone and `SimulatorOptions` for pacing). On a WebRTC call the audio goes to the
+call's outgoing track (an `AudioOutput`) instead of `response.output_audio.delta` events.
 
 Faults (`SimulatorOptions.fault`, `metadata["sim.fault"]`, or `[sim:fault=...]` in the latest user text): `stall`
 sends `response.created` and nothing more until the response is cancelled; `drop`, `failed` and `close:<code>`
@@ -180,10 +181,24 @@ def word_chunks(text: str, words: int = WORDS_PER_DELTA) -> list[str]:
     return ["".join(tokens[i : i + words]) for i in range(0, len(tokens), words)]
 
 
+class AudioOutput(Protocol):
+    """Where spoken audio goes when it does not travel in events: a WebRTC call's track, which plays it in real time."""
+
+    def play(self, response_id: str, ms: int) -> None:
+        """Queues `ms` more of the response's audio."""
+
+    def end(self, response_id: str) -> None:
+        """The response will queue no more audio."""
+
+    async def clear(self) -> None:
+        """Drops the audio not yet played."""
+
+
 class ResponseHost(Protocol):
     """What a response needs from its session."""
 
     options: SimulatorOptions
+    audio_out: AudioOutput | None
 
     async def emit(self, event_type: str, fields: dict[str, Any], *, delta: bool = False) -> None: ...
 
@@ -284,6 +299,7 @@ class Response:
 
     async def _stream_audio(self) -> None:
         options = self._host.options
+        output = self._host.audio_out
         kind = format_kind(self.plan.audio_output["format"])
         step = options.audio_delta_ms
         total = self.plan.audio_ms
@@ -305,10 +321,13 @@ class Response:
                 return
             start_ms = index * step
             length = min(step, total - start_ms)
-            await self._emit(
-                "response.output_audio.delta", **self._part_ids(),
-                delta=tone_chunk_b64(kind, start_ms % 1000, length), delta_event=True,
-            )
+            if output is None:
+                await self._emit(
+                    "response.output_audio.delta", **self._part_ids(),
+                    delta=tone_chunk_b64(kind, start_ms % 1000, length), delta_event=True,
+                )
+            else:
+                output.play(self.id, length)
             self._deltas += 1
             self._audio_ms += length
             if options.pace == 0:

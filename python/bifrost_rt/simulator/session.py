@@ -4,6 +4,7 @@ A connection has one default conversation, an input audio buffer with optional t
 response writing to the conversation, and any number of out-of-band (`conversation: "none"`) responses.
 Responses stream from their own tasks, so a `response.cancel` or a barge-in can arrive while they run.
 Problems with a client event become an `error` event carrying that event's `event_id`; the socket stays open.
+On a WebRTC call, input audio comes from the call's track (`append_audio`) and output audio goes to an `AudioOutput`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .conversation import Conversation, Item, decode_audio, item_from_client
 from .events import ClientError, invalid_value, missing_parameter
 from .ids import new_id, obfuscation
 from .options import SimulatorOptions
-from .response import Response, plan_response, word_chunks
+from .response import AudioOutput, Response, plan_response, word_chunks
 from .usage import transcription_usage
 from .vad import InputAudioBuffer, SpeechStarted, TurnDetection
 
@@ -46,9 +47,12 @@ class Peer(Protocol):
 
 
 class RealtimeSession:
-    def __init__(self, peer: Peer, options: SimulatorOptions, config: dict[str, Any]) -> None:
+    def __init__(
+        self, peer: Peer, options: SimulatorOptions, config: dict[str, Any], audio_out: AudioOutput | None = None
+    ) -> None:
         self.options = options
         self.config = config
+        self.audio_out = audio_out
         self.conversation = Conversation()
         self._peer = peer
         self._input = InputAudioBuffer()
@@ -145,6 +149,8 @@ class RealtimeSession:
         self._seen_items.update(response.plan.context_ids)
         self._seen_items.update(item["id"] for item in response.output)
         self._seen_instructions = response.plan.instructions
+        if self.audio_out is not None:
+            self.audio_out.end(response.id)
 
     # --- session ---
 
@@ -168,14 +174,21 @@ class RealtimeSession:
     # --- input audio ---
 
     async def _append(self, event: dict[str, Any]) -> None:
-        for change in self._input.append(decode_audio(event.get("audio"), "audio")):
+        await self.append_audio(decode_audio(event.get("audio"), "audio"))
+
+    async def append_audio(self, audio: bytes) -> None:
+        """Adds input audio in the session's input format and acts on the turns it completes."""
+        for change in self._input.append(audio):
             if isinstance(change, SpeechStarted):
                 self._speech_item_id = new_id("item")
                 await self.emit("input_audio_buffer.speech_started",
                                 {"audio_start_ms": change.audio_start_ms, "item_id": self._speech_item_id})
+                interrupt = self._turn_detection().get("interrupt_response", True)
                 active = self._active
-                if active is not None and self._turn_detection().get("interrupt_response", True):
+                if active is not None and interrupt:
                     await self._cancel(active, "turn_detected")
+                if interrupt and self.audio_out is not None:
+                    await self.audio_out.clear()  # the user talks over audio that is still playing
             else:
                 item_id = self._speech_item_id or new_id("item")
                 self._speech_item_id = None
@@ -336,8 +349,10 @@ class RealtimeSession:
             await response.task
 
     async def _output_audio_buffer_clear(self, event: dict[str, Any]) -> None:
-        raise ClientError("'output_audio_buffer.clear' is only supported for WebRTC and SIP connections.",
-                          code="invalid_event", param="type")
+        if self.audio_out is None:
+            raise ClientError("'output_audio_buffer.clear' is only supported for WebRTC and SIP connections.",
+                              code="invalid_event", param="type")
+        await self.audio_out.clear()
 
     async def _error(self, exc: ClientError, client_event_id: str | None) -> None:
         logger.debug("client error %s: %s", exc.code, exc.message)
