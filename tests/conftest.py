@@ -15,7 +15,7 @@ from bifrost_rt.app import create_app
 from bifrost_rt.config import parse_config
 from bifrost_rt.server import uvicorn_settings
 from bifrost_rt.simulator import SimulatorOptions, create_simulator_app
-from bifrost_rt.turns import TurnRecord
+from bifrost_rt.records import TurnRecord
 
 VIRTUAL_KEY = "sk-bf-test-team"
 PROVIDER_KEY = "sk-provider-secret-never-shown"

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from bifrost_rt.hooks import Decision, Plugin, SessionInfo, TurnRequest
 from bifrost_rt.simulator import SimulatorOptions, create_simulator_app
-from bifrost_rt.turns import TurnRecord
+from bifrost_rt.records import TurnRecord
 
 
 class KeywordPolicy(Plugin):

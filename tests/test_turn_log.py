@@ -29,7 +29,8 @@ from bifrost_rt.stores.logs import (
     TurnLogStore,
 )
 from bifrost_rt.transports.logs_api import LogsApi
-from bifrost_rt.turns import TurnRecord, TurnWriter
+from bifrost_rt.records import TurnRecord
+from bifrost_rt.turns import TurnWriter
 
 BASE = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 ADMIN_KEY = "sk-admin-test"

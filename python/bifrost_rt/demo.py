@@ -18,7 +18,7 @@ from .app import create_app
 from .config import parse_config
 from .server import uvicorn_settings
 from .simulator import SimulatorOptions, create_simulator_app
-from .turns import TurnRecord
+from .records import TurnRecord
 
 DEMO_KEY = "sk-bf-demo"
 DEMO_ADMIN_KEY = "demo-admin-key"

@@ -18,12 +18,13 @@ from .hooks import HookPipeline, Plugin, load_plugin
 from .metrics import GatewayMetrics
 from .pricing import PriceTable
 from .providers import ModelResolver, Route
+from .records import TurnRecord
 from .registry import SessionRegistry
 from .session import RealtimeSession
 from .stores.kv import KVStore, MemoryKV, RedisKV
 from .stores.logs import PostgresTurnStore, SpoolingStore, SQLiteTurnStore
 from .tasks import stop_task
-from .turns import LogLineSink, TurnRecord, TurnSink, TurnWriter
+from .turns import LogLineSink, TurnSink, TurnWriter
 
 logger = logging.getLogger("bifrost_rt.gateway")
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .tasks import stop_task
-from .turns import TurnRecord
+from .records import TurnRecord
 
 logger = logging.getLogger("bifrost_rt.hooks")
 

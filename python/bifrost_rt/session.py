@@ -12,8 +12,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -25,7 +25,8 @@ from .errors import CLOSE_POLICY, new_id
 from .hooks import Decision, HookPipeline, SessionInfo, TurnRequest
 from .pricing import PriceTable
 from .providers import Route
-from .turns import RAW_LIMIT, TRANSCRIPT_UNAVAILABLE, TurnInput, TurnRecord, TurnWriter, cap
+from .records import RAW_LIMIT, TRANSCRIPT_UNAVAILABLE, TurnInput, TurnRecord, cap
+from .turns import TurnWriter
 
 logger = logging.getLogger("bifrost_rt.session")
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 
-from ..turns import TurnRecord
+from ..records import TurnRecord
 
 logger = logging.getLogger("bifrost_rt.turn_log")
 # Records no store can take end up where TurnWriter puts them: one JSON line each on the turns logger.
