@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::frame::{self, PayloadField, StrSpan};
+use crate::rtp;
 use crate::turn::{self, Observed, TrackerLimits};
 use crate::usage::{self, TranscriptionBilling};
 
@@ -880,6 +881,67 @@ fn python_bool(value: bool) -> &'static str {
     }
 }
 
+/// One direction of a relayed RTP audio stream (see `rtp::ForwardRing`).
+#[pyclass(module = "bifrost_rt._native")]
+struct RtpForwardRing {
+    ring: rtp::ForwardRing,
+}
+
+#[pymethods]
+impl RtpForwardRing {
+    #[new]
+    #[pyo3(signature = (capacity_packets = 256, capacity_bytes = 256 * 1500, clock_rate = 48000))]
+    fn new(capacity_packets: usize, capacity_bytes: usize, clock_rate: u32) -> PyResult<Self> {
+        if capacity_packets == 0 || clock_rate == 0 {
+            return Err(PyValueError::new_err(
+                "capacity_packets and clock_rate must be positive",
+            ));
+        }
+        Ok(RtpForwardRing {
+            ring: rtp::ForwardRing::new(capacity_packets, capacity_bytes, clock_rate),
+        })
+    }
+
+    /// Takes one RTP packet as it arrived; True when it was queued for forwarding.
+    fn push(&mut self, packet: &[u8], arrival_ns: u64) -> bool {
+        matches!(self.ring.push(packet, arrival_ns), rtp::Push::Queued)
+    }
+
+    /// The oldest queued packet as `(payload, timestamp, arrival_ns)`, the timestamp on the
+    /// ring's continuous output timeline; None when nothing is queued.
+    fn pop<'py>(&mut self, py: Python<'py>) -> Option<(Bound<'py, PyBytes>, u32, u64)> {
+        let forwarded = self.ring.pop()?;
+        Some((
+            PyBytes::new(py, forwarded.payload),
+            forwarded.timestamp,
+            forwarded.arrival_ns,
+        ))
+    }
+
+    fn __len__(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Counters: packets/bytes in and out, duplicates, reordered, lost, overflow_dropped,
+    /// malformed, ssrc_changes, and jitter_ms.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.ring.stats();
+        let dict = PyDict::new(py);
+        dict.set_item("packets_in", stats.packets_in)?;
+        dict.set_item("packets_out", stats.packets_out)?;
+        dict.set_item("bytes_in", stats.bytes_in)?;
+        dict.set_item("bytes_out", stats.bytes_out)?;
+        dict.set_item("duplicates", stats.duplicates)?;
+        dict.set_item("reordered", stats.reordered)?;
+        dict.set_item("lost", stats.lost)?;
+        dict.set_item("overflow_dropped", stats.overflow_dropped)?;
+        dict.set_item("malformed", stats.malformed)?;
+        dict.set_item("ssrc_changes", stats.ssrc_changes)?;
+        dict.set_item("jitter_ms", stats.jitter_ms())?;
+        Ok(dict)
+    }
+}
+
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native_module(module: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -896,5 +958,6 @@ fn native_module(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<TranscriptionUsage>()?;
     module.add_class::<Prices>()?;
     module.add_class::<Cost>()?;
+    module.add_class::<RtpForwardRing>()?;
     Ok(())
 }

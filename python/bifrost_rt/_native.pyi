@@ -288,3 +288,21 @@ def transcription_cost(usage: TranscriptionUsage, prices: Prices) -> float:
     """Tokens: input text, input audio and output tokens at input_text, input_audio and
     output_text (input counts as audio when there is no breakdown). Duration: seconds / 60 *
     per_minute."""
+
+@final
+class RtpForwardRing:
+    """One direction of a relayed RTP audio stream: packets pushed as they arrive, popped by the sender.
+
+    Bounded by packet count and payload bytes; when full, the oldest queued packets are dropped. What is popped is
+    re-stamped onto one continuous timeline, so a source restarting (new SSRC, timestamp jump) reads as one stream.
+    """
+
+    def __init__(self, capacity_packets: int = 256, capacity_bytes: int = 384000, clock_rate: int = 48000) -> None: ...
+    def push(self, packet: bytes, arrival_ns: int) -> bool:
+        """Queues one RTP packet; False when it was dropped (duplicate, malformed, larger than the ring)."""
+    def pop(self) -> tuple[bytes, int, int] | None:
+        """`(payload, output timestamp, arrival_ns)` of the oldest queued packet, or None."""
+    def __len__(self) -> int: ...
+    def stats(self) -> dict[str, int | float]:
+        """packets_in/out, bytes_in/out, duplicates, reordered, lost, overflow_dropped, malformed, ssrc_changes,
+        jitter_ms."""

@@ -32,7 +32,8 @@ from .events import ClientError
 from .ids import new_client_secret, new_id
 from .options import SimulatorOptions
 from .session import RealtimeSession
-from .webrtc import Calls, read_offer
+from ..transports.offers import OfferError, read_offer
+from .webrtc import Calls
 
 logger = logging.getLogger("bifrost_rt.simulator")
 
@@ -42,6 +43,7 @@ _BETA_MESSAGE = "The Realtime Beta API is no longer supported. Please use /v1/re
 _MISSING_KEY_MESSAGE = "Missing bearer or basic authentication in header"
 _WRONG_KEY_MESSAGE = "Incorrect API key provided."
 _SECRET_TTL_S = (10, 7200, 600)  # min, max, default
+MAX_OFFER_BYTES = 64 * 1024
 
 
 class ClientSecrets:
@@ -255,7 +257,7 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
         if refused is not None:
             return refused
         try:
-            offer, requested = await read_offer(request)
+            offer, requested = await read_offer(request, MAX_OFFER_BYTES)
             if secret_session is not None:
                 base = fresh_copy(secret_session)
             elif isinstance(requested, dict) and requested.get("type") == "transcription":
@@ -263,7 +265,7 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
             else:
                 base = new_realtime_session(request.query_params.get("model") or options.model)
             config = base if requested is None else apply_session_update(base, requested)
-        except ClientError as exc:
+        except (ClientError, OfferError) as exc:
             return _http_error(400, exc.message, exc.code, exc.param)
         # No await between this check and `calls.open` taking its place: concurrent requests cannot overshoot.
         if calls.full:

@@ -25,8 +25,6 @@ from functools import cache
 from typing import Any
 
 import av
-import orjson
-from aioice.ice import get_host_addresses
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -36,12 +34,9 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
 
+from ..transports.aiortc_hooks import host_addresses, restrict_host_candidates
 from .audio import SAMPLE_RATE, TONE_AMPLITUDE, TONE_HZ, encode, format_kind
-from .events import ClientError, invalid_value, missing_parameter
 from .ids import new_id
 from .options import SimulatorOptions
 from .session import RealtimeSession
@@ -49,45 +44,10 @@ from .session import RealtimeSession
 logger = logging.getLogger("bifrost_rt.simulator")
 
 EVENTS_CHANNEL = "oai-events"
-LOOPBACK = "127.0.0.1"
 OPUS_RATE = 48_000
 FRAME_SAMPLES = 960  # 20 ms, the packet time aiortc sends
 _FRAME_BYTES = FRAME_SAMPLES * 2
 _TIME_BASE = fractions.Fraction(1, OPUS_RATE)
-
-
-# --- ICE host candidates ---
-
-
-def host_addresses(choice: str) -> list[str]:
-    """The addresses a call gathers host candidates on, per `SimulatorOptions.webrtc_host_candidates`."""
-    interfaces = [] if choice == "loopback" else get_host_addresses(use_ipv4=True, use_ipv6=True)
-    return interfaces if choice == "interfaces" else [LOOPBACK, *interfaces]
-
-
-def restrict_host_candidates(pc: RTCPeerConnection, addresses: list[str]) -> None:
-    """Makes `pc` gather its ICE host candidates on `addresses` instead of aioice's choice.
-
-    aioice gathers on every interface address except loopback (`aioice.ice.get_host_addresses` leaves out
-    127.0.0.1) and has no setting for it, so peers on one machine could not meet over loopback. Its hook that
-    takes the address list is `Connection.get_component_candidates(component, addresses)`, which binds one socket
-    per address; wrapping it on this connection's ICE objects changes nothing for other connections in the
-    process. Call it once the transports exist (after `setRemoteDescription` when answering, after
-    `addTrack`/`createDataChannel` when offering) and before `setLocalDescription`, which gathers.
-    """
-    transports = {transceiver.receiver.transport.transport for transceiver in pc.getTransceivers()}
-    if pc.sctp is not None:
-        transports.add(pc.sctp.transport.transport)
-    for transport in transports:
-        connection = transport.iceGatherer._connection  # aiortc has no public handle on its aioice connection
-        connection.get_component_candidates = _gathering_on(addresses, connection.get_component_candidates)
-
-
-def _gathering_on(chosen: list[str], gather: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    async def get_component_candidates(component: int, addresses: list[str], timeout: int = 5) -> Any:
-        return await gather(component=component, addresses=chosen, timeout=timeout)
-
-    return get_component_candidates
 
 
 # --- audio ---
@@ -369,44 +329,3 @@ class Calls:
 
     async def close_all(self) -> None:
         await asyncio.gather(*(call.hang_up() for call in list(self._calls.values())))
-
-
-# --- the HTTP request ---
-
-
-async def read_offer(request: Request) -> tuple[str, Any]:
-    """The SDP offer and the parsed `session` part (None when absent) of a call request; raises ClientError.
-
-    The body is either the raw offer or `multipart/form-data` with parts `sdp` and `session`, each a field or a file.
-    """
-    session: Any = None
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        try:
-            async with request.form() as form:
-                sdp = await _part_text(form.get("sdp"), "sdp")
-                session_text = await _part_text(form.get("session"), "session")
-        except HTTPException as exc:
-            raise ClientError(f"Invalid multipart body: {exc.detail}", code="invalid_request_body") from None
-        if session_text is not None:
-            try:
-                session = orjson.loads(session_text)
-            except orjson.JSONDecodeError:
-                raise invalid_value("session", "Invalid 'session': expected a JSON object.") from None
-    else:
-        sdp = _utf8(await request.body(), "sdp")
-    if sdp is None or not sdp.strip():
-        raise missing_parameter("sdp")
-    return sdp, session
-
-
-async def _part_text(part: UploadFile | str | None, name: str) -> str | None:
-    if isinstance(part, UploadFile):
-        return _utf8(await part.read(), name)
-    return part
-
-
-def _utf8(data: bytes, name: str) -> str:
-    try:
-        return data.decode()
-    except UnicodeDecodeError:
-        raise invalid_value(name, f"Invalid '{name}': expected UTF-8 text.") from None
