@@ -351,13 +351,12 @@ async def test_query_passes_through_but_credentials_do_not(start_gateway):
         port = upstream.sockets[0].getsockname()[1]
         server, _ = start_gateway(f"http://127.0.0.1:{port}/v1", models={"voice": {"provider": "openai", "model": "gpt-realtime-mini"}})
         auth = {"additional_headers": {"Authorization": f"Bearer {VIRTUAL_KEY}"}}
-        for query in ("model=voice&api-key=leak&trace=7", "intent=transcription", "call_id=rtc_abc"):
+        for query in ("model=voice&api-key=leak&trace=7", "intent=transcription"):
             async with websockets.connect(ws_url(server, query=query), **auth) as ws:
                 await recv_json(ws)
     assert paths == [
         "/v1/realtime?model=gpt-realtime-mini&trace=7",  # configured name mapped to the upstream model
         "/v1/realtime?intent=transcription",
-        "/v1/realtime?call_id=rtc_abc",
     ]
 
 

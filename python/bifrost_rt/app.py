@@ -18,6 +18,7 @@ from starlette.routing import Route, WebSocketRoute
 from .config import GatewayConfig, load_config
 from .gateway import Gateway
 from .hooks import Plugin
+from .transports.calls import CallRelay
 from .transports.client_secrets import ClientSecretEndpoint, RevokeEndpoint
 from .transports.logs_api import LogsApi
 from .transports.ws import RealtimeWebSocketEndpoint
@@ -78,11 +79,15 @@ def create_app(
         finally:
             await gateway.stop()
 
+    calls = CallRelay(gateway)
     routes: list[Route | WebSocketRoute] = []
     # Each realtime route also lives under /openai/v1 and /openai, where the provider defaults to `openai`.
     for prefix, path_provider in (("/v1", None), ("/openai/v1", "openai"), ("/openai", "openai")):
         routes += [
-            WebSocketRoute(f"{prefix}/realtime", RealtimeWebSocketEndpoint(gateway, path_provider)),
+            WebSocketRoute(f"{prefix}/realtime", RealtimeWebSocketEndpoint(gateway, path_provider, calls)),
+            Route(f"{prefix}/realtime/calls", calls.endpoint(prefix, path_provider), methods=["POST"]),
+            Route(f"{prefix}/realtime", calls.endpoint(prefix, path_provider), methods=["POST"]),  # legacy WebRTC
+            Route(f"{prefix}/realtime/calls/{{call_id}}/hangup", calls.hangup, methods=["POST"]),
             Route(f"{prefix}/realtime/client_secrets", ClientSecretEndpoint(gateway, legacy=False, path_provider=path_provider).handle, methods=["POST"]),
             Route(f"{prefix}/realtime/sessions", ClientSecretEndpoint(gateway, legacy=True, path_provider=path_provider).handle, methods=["POST"]),
         ]
@@ -106,4 +111,5 @@ def create_app(
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.gateway = gateway
+    app.state.calls = calls
     return app

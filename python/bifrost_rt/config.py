@@ -147,6 +147,42 @@ class RealtimeConfig(_Strict):
     max_pending_creates: int = Field(64, ge=1, description="response.create requests awaiting response.created")
 
 
+class IceServerConfig(_Strict):
+    urls: list[str] = Field(description="stun:host:port or turn:host:port?transport=udp|tcp URLs")
+    username: str | None = None
+    credential: SecretStr | None = None
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("credential", mode="before")
+    @classmethod
+    def _resolve_credential(cls, value: Any) -> Any:
+        return resolve_secret(value) if isinstance(value, str) else value
+
+
+class WebRTCConfig(_Strict):
+    """WebRTC calls: the gateway answers the client's offer and places its own call to the provider."""
+
+    ice_servers: list[IceServerConfig] = Field(default_factory=list, description="STUN/TURN for the client-facing peer")
+    upstream_ice_servers: list[IceServerConfig] = Field(default_factory=list, description="STUN/TURN for the provider-facing peer")
+    host_candidates: Literal["interfaces", "loopback", "all"] = Field(
+        "interfaces", description="addresses offered as ICE host candidates: interface addresses, 127.0.0.1 only, or both"
+    )
+    ice_gather_timeout_s: float = Field(5.0, gt=0, description="per peer; a call whose gathering overruns is refused (504)")
+    upstream_timeout_s: float = Field(10.0, gt=0, description="the provider's SDP answer must arrive within this")
+    connect_timeout_s: float = Field(15.0, gt=0, description="both peers must connect within this after the answer")
+    disconnect_grace_s: float = Field(5.0, ge=0, description="a peer that disconnects may come back within this")
+    max_calls: int = Field(200, ge=1, description="concurrent calls per process; more are refused (429)")
+    max_calls_per_key: int | None = Field(None, ge=1, description="concurrent calls per virtual key in this process")
+    max_pending_messages: int = Field(1000, ge=1, description="data-channel messages queued per direction before the call ends")
+    max_pending_bytes: int = Field(1024 * 1024, ge=1024, description="data-channel bytes queued per direction before the call ends")
+    max_offer_bytes: int = Field(64 * 1024, ge=1024, description="largest accepted SDP offer / request body")
+    ring_packets: int = Field(250, ge=8, description="RTP packets queued per direction (5 s of 20 ms audio); oldest dropped first")
+
+
 class TurnLogConfig(_Strict):
     queue_size: int = Field(10000, ge=1, description="records awaiting the sinks; overflow is written synchronously")
     log_content: bool = Field(True, description="include user and model text in turn records (per-key override)")
@@ -254,6 +290,7 @@ class GatewayConfig(_Strict):
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
+    webrtc: WebRTCConfig = Field(default_factory=WebRTCConfig)
     turn_log: TurnLogConfig = Field(default_factory=TurnLogConfig)
     prices: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="per-model price overrides, same shape as the shipped table"

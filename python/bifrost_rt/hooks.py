@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from . import errors
+from .errors import RealtimeError
 from .tasks import stop_task
 from .records import TurnRecord
 
@@ -57,6 +59,11 @@ class Decision:
     code: str | None = None
     message: str = ""
     plugin: str | None = None
+
+    def as_error(self) -> RealtimeError:
+        """The error the client sees for a denial; a disconnect closes with 1008 (policy)."""
+        close_code = errors.CLOSE_POLICY if self.action == "disconnect" else None
+        return RealtimeError(self.type, self.code, self.message, close_code=close_code)
 
     @classmethod
     def allow(cls) -> Decision:

@@ -19,14 +19,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .. import __version__, errors
 from ..auth import Principal, presented_credential
-from ..client_secrets import Grant, InvalidToken, is_gateway_token
 from ..errors import RealtimeError, new_id
 from ..gateway import Gateway
 from ..hooks import Decision, HookPipeline
 from ..providers import Route
 from ..registry import SessionRegistry
-from ..stores.kv import KVUnavailable
 from ..session import RealtimeSession
+from .admission import admit
+from .calls import CallRelay
 from .handshake import baggage_session_id, scope_headers, scope_query
 
 logger = logging.getLogger("bifrost_rt.ws")
@@ -82,9 +82,10 @@ def _upstream_closed(exc: ConnectionClosed) -> _Ending:
 class RealtimeWebSocketEndpoint:
     """ASGI app for `GET /v1/realtime` (and its aliases); `path_provider` is implied by `/openai/...` paths."""
 
-    def __init__(self, gateway: Gateway, path_provider: str | None = None) -> None:
+    def __init__(self, gateway: Gateway, path_provider: str | None = None, calls: CallRelay | None = None) -> None:
         self.gateway = gateway
         self.path_provider = path_provider
+        self.calls = calls
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "websocket":
@@ -104,6 +105,10 @@ class RealtimeWebSocketEndpoint:
             await _reject_before_upgrade(scope, send, 403, errors.origin_not_allowed())
             return
         query = scope_query(scope)
+        call_id = query.get("call_id")
+        if call_id and self.calls is not None:  # a sideband socket for a call this gateway holds
+            await self.calls.serve_sideband(call_id, presented_credential(headers, subprotocols), selected, receive, send)
+            return
         admission = await self._admit(headers, subprotocols, query)
         if isinstance(admission, RealtimeError):
             gateway.registry.refuse(admission.code or admission.type)
@@ -139,53 +144,18 @@ class RealtimeWebSocketEndpoint:
         self, headers: dict[str, str], subprotocols: list[str], query: dict[str, str]
     ) -> tuple[Principal, Route, str | None] | RealtimeError:
         """The principal, the route and the upstream credential (None: the provider key), or why not."""
-        gateway = self.gateway
-        credential = presented_credential(headers, subprotocols)
-        if credential is None:
-            return errors.missing_credential()
-        model = query.get("model") or None
-        upstream_credential = None
-        if is_gateway_token(credential):
-            grant = await self._open_client_secret(credential)
-            if grant is None:
-                return errors.invalid_credential()
-            principal = gateway.authenticator.by_key_id(grant.key_id)
-            if principal is None:  # the minting key was removed from the configuration
-                return errors.invalid_credential()
-            if model is not None and model != grant.model:
-                return errors.model_not_allowed(model)
-            route = gateway.models.resolve(grant.model, self.path_provider)
-            if route is None or route.provider_name != grant.provider:
-                return errors.unknown_model(grant.model or "")
-            upstream_credential = grant.provider_token
-        else:
-            principal = gateway.authenticator.authenticate(credential)
-            if principal is None:
-                return errors.invalid_credential()
-            if model is None and not (query.get("intent") or query.get("call_id")):
-                return errors.missing_model()
-            route = gateway.models.resolve(model, self.path_provider)
-            if route is None:
-                return errors.unknown_model(model or "")
-        if not principal.allows(route):
-            return errors.model_not_allowed(route.requested_model)
-        if not gateway.registry.has_room():
+        admission = await admit(
+            self.gateway,
+            presented_credential(headers, subprotocols),
+            query.get("model") or None,
+            self.path_provider,
+            model_required=not query.get("intent"),
+        )
+        if isinstance(admission, RealtimeError):
+            return admission
+        if not self.gateway.registry.has_room():
             return errors.too_many_sessions()
-        return principal, route, upstream_credential
-
-    async def _open_client_secret(self, token: str) -> Grant | None:
-        secrets = self.gateway.client_secrets
-        if secrets is None:
-            return None
-        try:
-            return await secrets.open(token)
-        except InvalidToken as error:
-            logger.info("client secret refused: %s", error)
-            return None
-        except KVUnavailable:
-            # Revocations cannot be checked: refuse rather than accept a possibly revoked token.
-            logger.warning("client secret refused: the revocation store is unreachable")
-            return None
+        return admission.principal, admission.route, admission.upstream_credential
 
     async def _connect_upstream(
         self, route: Route, headers: dict[str, str], subprotocols: list[str], query: dict[str, str], credential: str | None
@@ -218,12 +188,6 @@ class RealtimeWebSocketEndpoint:
         except (OSError, TimeoutError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
             logger.warning("upstream %s unreachable: %s", route.provider_name, type(exc).__name__)
             raise _UpstreamRefused(errors.upstream_unavailable()) from None
-
-
-def _refusal(decision: Decision) -> RealtimeError:
-    """A plugin's decision as the error the client sees; disconnects close with 1008 (policy)."""
-    close_code = errors.CLOSE_POLICY if decision.action == "disconnect" else None
-    return RealtimeError(decision.type, decision.code, decision.message, close_code=close_code)
 
 
 class _UpstreamRefused(Exception):
@@ -297,7 +261,7 @@ class _Relay:
 
     async def refuse_started_turn(self, response_id: str, decision: Decision) -> None:
         """SessionControls: cancel a provider-started turn that plugins denied, and tell the client why."""
-        refusal = _refusal(decision)
+        refusal = decision.as_error()
         if decision.action == "disconnect":
             self.end(refusal)
             return
@@ -367,7 +331,7 @@ class _Relay:
                     decision = await self.session.check_turn(request)
                     if not decision.allowed:
                         self.session.refuse_turn(request, decision)
-                        refusal = _refusal(decision)
+                        refusal = decision.as_error()
                         if decision.action == "disconnect":
                             return _Ending("interrupted", decision.code or "denied", client_error=refusal)
                         await self._send_client_text(refusal.event(request.client_event_id))
