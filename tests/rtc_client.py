@@ -9,7 +9,8 @@ import fractions
 import math
 from array import array
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
 from itertools import pairwise
 from typing import Any
 
@@ -119,6 +120,27 @@ class Caller:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.pc.close()
+
+    @contextmanager
+    def outage(self) -> Iterator[None]:
+        """Drops every datagram this caller sends while it lasts, as a network outage would."""
+        protocols = [
+            protocol
+            for transceiver in self.pc.getTransceivers()
+            for protocol in transceiver.receiver.transport.transport.iceGatherer._connection._protocols
+        ]
+
+        async def send_nothing(data: bytes, addr: Any) -> None:
+            pass
+
+        for protocol in protocols:
+            protocol.send_data = send_nothing
+            protocol.send_stun = lambda message, addr: None
+        try:
+            yield
+        finally:
+            for protocol in protocols:
+                del protocol.send_data, protocol.send_stun
 
     def send(self, event_type: str, **fields: Any) -> str:
         self._next_id += 1

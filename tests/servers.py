@@ -36,6 +36,7 @@ class ServerThread:
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, **config: Any) -> None:
         """`config` overrides uvicorn.Config settings (e.g. `timeout_graceful_shutdown=1`)."""
         self.host = host
+        self.app = app
         self._ready = threading.Event()
         settings: dict[str, Any] = {
             "ws": "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets",

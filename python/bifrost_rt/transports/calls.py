@@ -37,6 +37,7 @@ _HTTP_STATUS = {
     "model_not_allowed": 403,
     "session_limit_reached": 429,
     "call_limit_reached": 429,
+    "call_not_found": 404,
 }
 
 
@@ -162,7 +163,7 @@ class CallRelay:
         answer, provider_call_id = await self._call_provider(upstream_offer, session_config, admission, headers)
         call.provider_call_id = provider_call_id
         await call.accept_upstream_answer(answer)
-        return await call.answer_client(with_audio)
+        return await call.answer_client()
 
     async def _call_provider(
         self, offer: str, session_config: dict[str, Any] | None, admission: Admission, headers: dict[str, str]

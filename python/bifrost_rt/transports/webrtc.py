@@ -238,13 +238,16 @@ class Call:
         pc = self.client_pc
         pc.on("datachannel", self._on_client_channel)
         pc.on("connectionstatechange", lambda: self._on_state("client", pc))
+        with_audio = any(line.startswith("m=audio ") for line in offer.splitlines())
+        if with_audio:
+            if not _offers_opus(offer):
+                raise ValueError("the offer's audio has no Opus codec; the gateway forwards Opus only")
+            # Made before the offer is applied, so the answer offers Opus alone.
+            pc.addTransceiver(self.to_client, direction="sendrecv").setCodecPreferences(opus_codecs())
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-        audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
-        if not audio and pc.sctp is None:
+        if not with_audio and pc.sctp is None:
             raise ValueError("the offer has neither audio nor a data channel")
-        if audio and not _offers_opus(offer):
-            raise ValueError("the offer's audio has no Opus codec; the gateway forwards Opus only")
-        return bool(audio)
+        return with_audio
 
     async def offer_upstream(self, with_audio: bool) -> str:
         """The gateway's own offer to the provider: Opus audio (when the client has audio) and `oai-events`."""
@@ -266,13 +269,8 @@ class Call:
     async def accept_upstream_answer(self, answer: str) -> None:
         await self.upstream_pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
-    async def answer_client(self, with_audio: bool) -> str:
+    async def answer_client(self) -> str:
         pc = self.client_pc
-        if with_audio:
-            pc.addTrack(self.to_client)
-            for transceiver in pc.getTransceivers():
-                if transceiver.kind == "audio":
-                    transceiver.setCodecPreferences(opus_codecs())
         restrict_host_candidates(pc, self._addresses)
         tap_rtp(pc, self.to_upstream.push)
         watch_datagrams(pc, self._client_heard)
