@@ -104,6 +104,13 @@ async def test_audio_crosses_the_gateway_both_ways_without_decoding(gateway: Ser
 
     record = await wait_for_record(sink, lambda r: r.session_id == relay.session.id and r.status == "completed")
     assert record.transport == "webrtc" and record.inputs[0]["kind"] == "audio"
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S) as client:
+        metrics = (await client.get("/metrics")).text
+    for direction in ("up", "down"):
+        forwarded = re.search(rf'^bifrost_rt_rtp_packets_total{{direction="{direction}"}} (\S+)$', metrics, re.M)
+        assert forwarded and float(forwarded.group(1)) >= 25
+        assert f'bifrost_rt_rtp_dropped_total{{direction="{direction}"}} 0.0' in metrics
+    assert re.search(r'^bifrost_rt_sessions_opened_total\{transport="webrtc"\} [1-9]', metrics, re.M)
 
 
 async def test_answers_offer_loopback_candidates_and_opus_only(gateway: ServerThread) -> None:

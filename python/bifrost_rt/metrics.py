@@ -113,6 +113,15 @@ class _LiveCollector(Collector):
             relayed_bytes.add_metric([direction], totals[f"bytes_{direction}"])
         yield frames
         yield relayed_bytes
+        for name, help_text in (
+            ("rtp_packets", "RTP audio packets forwarded by WebRTC calls, by direction (up: caller to provider)"),
+            ("rtp_lost", "RTP packets lost before reaching the gateway, by direction"),
+            ("rtp_dropped", "RTP packets the gateway dropped (forwarding ring full, or malformed), by direction"),
+        ):
+            family = CounterMetricFamily(f"bifrost_rt_{name}", help_text, labels=["direction"])
+            for direction in ("up", "down"):
+                family.add_metric([direction], totals[f"{name}_{direction}"])
+            yield family
 
         for name, read in self._gauges.items():
             gauge = GaugeMetricFamily(f"bifrost_rt_{name}", name.replace("_", " "))

@@ -292,7 +292,13 @@ class Call:
         return self.messages_up + self.messages_down + self.to_upstream.ring.stats()["packets_in"] + self.to_client.ring.stats()["packets_in"]
 
     def relayed(self) -> dict[str, int]:
-        return {"frames_up": self.messages_up, "frames_down": self.messages_down, "bytes_up": self.chars_up, "bytes_down": self.chars_down}
+        counts = {"frames_up": self.messages_up, "frames_down": self.messages_down, "bytes_up": self.chars_up, "bytes_down": self.chars_down}
+        for direction, track in (("up", self.to_upstream), ("down", self.to_client)):
+            stats = track.ring.stats()
+            counts[f"rtp_packets_{direction}"] = stats["packets_out"]
+            counts[f"rtp_lost_{direction}"] = stats["lost"]
+            counts[f"rtp_dropped_{direction}"] = stats["overflow_dropped"] + stats["malformed"]
+        return counts
 
     def blocked_on_client(self) -> bool:
         channel = self.client_channel
