@@ -22,9 +22,9 @@ from .. import __version__, errors
 from ..auth import presented_credential
 from ..errors import RealtimeError, new_id
 from ..gateway import Gateway
-from ..providers import Route
 from .admission import Admission, admit
 from .handshake import baggage_session_id, scope_headers
+from .http_errors import error_response, provider_error_response
 from .offers import OfferError, read_offer
 from .webrtc import Call, CallEnding, Sideband
 
@@ -41,15 +41,11 @@ _HTTP_STATUS = {
 }
 
 
-def _error(status: int, type_: str, code: str | None, message: str, param: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": type_, "code": code, "message": message, "param": param}}, status_code=status)
-
-
 def _refusal_response(error: RealtimeError) -> JSONResponse:
     status = _HTTP_STATUS.get(error.code or "")
     if status is None:
         status = 503 if error.type == "server_error" else 429 if error.type in ("rate_limit_exceeded", "insufficient_quota") else 400
-    return _error(status, error.type, error.code, error.message, error.param)
+    return error_response(status, error.type, error.code, error.message, error.param)
 
 
 class _ProviderRefused(Exception):
@@ -90,7 +86,7 @@ class CallRelay:
             offer, session_config = await read_offer(request, self.config.max_offer_bytes)
         except OfferError as error:
             status = 413 if error.code == "request_too_large" else 400
-            return _error(status, "invalid_request_error", error.code, error.message, error.param)
+            return error_response(status, "invalid_request_error", error.code, error.message, error.param)
         model = request.query_params.get("model") or _session_model(session_config)
         admission = await admit(gateway, presented_credential(headers, ()), model, path_provider, model_required=True)
         if isinstance(admission, RealtimeError):
@@ -120,9 +116,9 @@ class CallRelay:
                 if isinstance(failure, _ProviderRefused):
                     return failure.response
                 if isinstance(failure, ValueError):
-                    return _error(400, "invalid_request_error", "invalid_offer", f"Invalid SDP offer: {failure}", "sdp")
+                    return error_response(400, "invalid_request_error", "invalid_offer", f"Invalid SDP offer: {failure}", "sdp")
                 if isinstance(failure, (TimeoutError, asyncio.TimeoutError)):
-                    return _error(504, "server_error", "ice_gathering_timeout", "Gathering ICE candidates took too long.")
+                    return error_response(504, "server_error", "ice_gathering_timeout", "Gathering ICE candidates took too long.")
                 raise
             self._calls[call.id] = call
             self._per_key[key_id] += 1  # the call's own hold, released when it ends
@@ -190,9 +186,9 @@ class CallRelay:
             )
         except httpx.HTTPError as error:
             logger.warning("provider %s unreachable for a call: %s", route.provider_name, type(error).__name__)
-            raise _ProviderRefused(_error(502, "server_error", "upstream_unavailable", "The realtime provider could not be reached. Retry later.")) from None
+            raise _ProviderRefused(error_response(502, "server_error", "upstream_unavailable", "The realtime provider could not be reached. Retry later.")) from None
         if response.status_code not in (200, 201):
-            raise _ProviderRefused(_provider_error(route, response))
+            raise _ProviderRefused(provider_error_response(route.provider_name, "a call", response))
         location = response.headers.get("location", "")
         return response.text, location.rstrip("/").rsplit("/", 1)[-1] or None
 
@@ -300,18 +296,3 @@ def _session_model(session: dict[str, Any] | None) -> str | None:
         if isinstance(transcription, dict) and isinstance(transcription.get("model"), str):
             return transcription["model"]
     return None
-
-
-def _provider_error(route: Route, response: httpx.Response) -> JSONResponse:
-    status = response.status_code
-    logger.warning("provider %s refused a call: HTTP %d", route.provider_name, status)
-    if status in (401, 403):
-        # The provider refused the gateway's credential (or an expired provider secret): not a key the caller holds.
-        return _error(502, "server_error", "upstream_auth_failed", "The realtime provider rejected the call's credentials.")
-    try:
-        error = response.json()["error"]
-        if isinstance(error, dict) and 400 <= status < 500:
-            return JSONResponse({"error": {key: error.get(key) for key in ("type", "code", "message", "param")}}, status_code=status)
-    except (ValueError, KeyError, TypeError):
-        pass
-    return _error(502, "server_error", "upstream_error", f"The realtime provider answered HTTP {status}.")

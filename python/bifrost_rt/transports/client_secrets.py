@@ -20,6 +20,7 @@ from ..client_secrets import InvalidToken, is_gateway_token
 from ..gateway import Gateway
 from ..stores.kv import KVUnavailable
 from .handshake import scope_headers
+from .http_errors import error_response, provider_error_response
 
 logger = logging.getLogger("bifrost_rt.client_secrets")
 
@@ -32,10 +33,6 @@ _LEGACY_FORMATS = {
     "g711_ulaw": {"type": "audio/pcmu"},
     "g711_alaw": {"type": "audio/pcma"},
 }
-
-
-def error_response(status: int, type_: str, code: str | None, message: str, param: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": type_, "code": code, "message": message, "param": param}}, status_code=status)
 
 
 def _is_json(content_type: str) -> bool:
@@ -152,7 +149,7 @@ class ClientSecretEndpoint:
             logger.warning("provider %s unreachable for client secrets: %s", route.provider_name, type(error).__name__)
             return error_response(502, "server_error", "upstream_unavailable", "The realtime provider could not be reached. Retry later.")
         if upstream.status_code != 200:
-            return self._upstream_error(route.provider_name, upstream)
+            return provider_error_response(route.provider_name, "to mint a client secret", upstream)
         try:
             minted = upstream.json()
             provider_token, expires_at = minted["value"], int(minted["expires_at"])
@@ -182,20 +179,6 @@ class ClientSecretEndpoint:
             return JSONResponse(_replace_everywhere(legacy, provider_token, token))
         return JSONResponse(_replace_everywhere(minted, provider_token, token))
 
-    @staticmethod
-    def _upstream_error(provider: str, upstream: httpx.Response) -> JSONResponse:
-        status = upstream.status_code
-        logger.warning("provider %s refused to mint a client secret: HTTP %d", provider, status)
-        if status in (401, 403):
-            # The gateway's provider credential was refused: not the caller's fault.
-            return error_response(502, "server_error", "upstream_auth_failed", "The realtime provider rejected the gateway's credentials.")
-        try:
-            error = upstream.json()["error"]
-            if isinstance(error, dict) and 400 <= status < 500:
-                return JSONResponse({"error": {key: error.get(key) for key in ("type", "code", "message", "param")}}, status_code=status)
-        except (ValueError, KeyError, TypeError):
-            pass
-        return error_response(502, "server_error", "upstream_error", f"The realtime provider answered HTTP {status}.")
 
 
 class RevokeEndpoint:
