@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -426,3 +427,47 @@ async def test_shutdown_tells_the_caller_on_the_data_channel(simulator_server: S
             events = await caller.until("error")
             assert events[-1]["error"]["code"] == "server_shutting_down"
             await asyncio.wait_for(caller.channel_closed.wait(), TIMEOUT_S)
+
+
+# --- governance ---
+
+
+async def test_budget_ends_the_call_after_its_turn_and_refuses_the_next_call(simulator_server: ServerThread) -> None:
+    sink = CapturingSink()
+    limited = [{"key": VIRTUAL_KEY, "name": "team-a", "budget": {"usd": 0.0001, "period": "day"}}]
+    with _gateway(simulator_server, sink, virtual_keys=limited) as gateway:
+        async with call(gateway, key=VIRTUAL_KEY, path=MODEL_PATH, session=TEXT_ONLY) as (caller, _):
+            await caller.say("spend it")
+            caller.send("response.create")
+            events = await caller.until("error")
+            done = next(e for e in events if e["type"] == "response.done")
+            assert done["response"]["status"] == "completed"  # the turn that crossed the budget was let finish
+            assert events[-1]["error"]["code"] == "insufficient_quota"
+            await asyncio.wait_for(caller.channel_closed.wait(), TIMEOUT_S)
+        record = await wait_for_record(sink, lambda r: r.status == "completed")
+        assert record.transport == "webrtc" and record.cost["total"] > 0.0001
+        caller = Caller()
+        try:
+            async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S) as client:
+                reply = await client.post(MODEL_PATH, content=await caller.offer(),
+                                          headers={"Authorization": f"Bearer {VIRTUAL_KEY}", "Content-Type": "application/sdp"})
+            assert reply.status_code == 429 and reply.json()["error"]["type"] == "insufficient_quota"
+        finally:
+            await caller.close()
+
+
+async def test_an_unreachable_provider_is_a_502_without_its_address_or_key() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    with ServerThread(create_app(parse_config(gateway_config(dead_url, webrtc=WEBRTC)))) as gateway:
+        caller = Caller()
+        try:
+            async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S) as client:
+                reply = await client.post(MODEL_PATH, content=await caller.offer(),
+                                          headers={"Authorization": f"Bearer {VIRTUAL_KEY}", "Content-Type": "application/sdp"})
+        finally:
+            await caller.close()
+        assert reply.status_code == 502 and reply.json()["error"]["code"] == "upstream_unavailable"
+        assert dead_url.split("//")[1] not in reply.text and PROVIDER_KEY not in reply.text
+        assert len(gateway.app.state.calls) == 0 and len(gateway.app.state.gateway.registry) == 0
