@@ -35,6 +35,7 @@ bench: install
 	$(BIN)/python -m pytest benches -q --benchmark-only
 	$(BIN)/python benches/pre_turn.py
 	$(BIN)/bifrost-rt bench
+	$(BIN)/bifrost-rt bench --webrtc
 
 wheel: $(BIN)/python
 	$(BIN)/maturin build --release -o dist

@@ -59,3 +59,66 @@ def test_quick_bench_writes_a_complete_report(tmp_path, capsys):
     table = capsys.readouterr().out
     for target in TARGETS:
         assert target in table
+
+
+@pytest.mark.slow
+def test_quick_webrtc_bench_writes_a_complete_report(tmp_path, capsys):
+    """`bench --webrtc --quick`: one call per latency window, two per load window, a two-call ramp, one repeat."""
+    output = tmp_path / "bench-results-webrtc.json"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    ns = parser.parse_args(["--webrtc", "--quick", "--output", str(output)])
+
+    assert run_from_args(ns) == 0
+
+    report = json.loads(output.read_text())
+    assert report["mode"] == "webrtc"
+    assert report["targets"] == ["direct", "gateway"]
+    assert report["params"]["repeat"] == 1
+    assert report["machine"]["packages"]["aiortc"]
+
+    # Latency: every packet sent in the window was matched 1:1 by its tagged payload, with a positive delay.
+    latency = {r["target"]: r for r in report["latency"]}
+    assert set(latency) == {"direct", "gateway"}
+    for window in latency.values():
+        assert window["media"] == "full"
+        for direction in ("up", "down"):
+            packets = window[direction]
+            assert packets["sent"] > 0 and packets["matched"] > 0
+            assert packets["matched"] <= packets["sent"]
+            assert packets["duplicates"] == 0
+            assert 0 < packets["match_rate"] <= 1
+            assert 0 < packets["latency_ms"]["p50"] <= packets["latency_ms"]["p99"] <= packets["latency_ms"]["max"]
+    added = report["added_latency_per_hop"]
+    assert {"up_p50_ms", "up_p99_ms", "down_p50_ms", "down_p99_ms"} <= added.keys()
+    assert all(isinstance(added[k], float) for k in ("up_p50_ms", "down_p50_ms"))
+
+    # Setup: both targets answered and created sessions; only the gateway's CPU is read.
+    setups = {r["target"]: r for r in report["setup"]}
+    for target, setup in setups.items():
+        assert setup["calls"] == report["params"]["setup_calls"]
+        assert 0 < setup["answered_ms"]["p50"] < setup["created_ms"]["p50"]
+    assert setups["gateway"]["gateway_cpu_ms_per_call"] > 0
+    assert "gateway_cpu_ms_per_call" not in setups["direct"]
+
+    # CPU per call: measured with both media paths, audio flowing both ways.
+    loads = {r["media"]: r for r in report["load"]}
+    assert set(loads) == {"full", "lean"}
+    for load in loads.values():
+        assert load["calls"] == report["params"]["calls"]
+        assert load["gateway_cpu_us"] > 0 and load["gateway_core_share_per_call"] > 0
+        assert load["load_core_share"] > 0
+        assert load["up"]["matched"] > 0 and load["down"]["matched"] > 0
+    per_call = report["gateway_cpu_per_call"]
+    assert per_call["full"]["core_percent_per_call"] > 0 and per_call["lean"]["core_percent_per_call"] > 0
+
+    # Ramp: one step; it either passed or says why it stopped.
+    (step,) = report["ramp"]
+    assert step["calls"] == 2 and step["media"] == "lean"
+    assert step["up"]["matched"] > 0 and step["down"]["matched"] > 0
+    assert report["capacity"]["stopped_by"] in ("end_of_ramp", "loss", "gateway_cpu", "load_generator_cpu")
+    assert report["capacity"]["sustained_calls"] in (0, 2)
+
+    table = capsys.readouterr().out
+    for heading in ("one-way audio latency", "call setup", "gateway CPU per call", "capacity ramp", "added/hop"):
+        assert heading in table

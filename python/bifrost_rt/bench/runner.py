@@ -106,8 +106,9 @@ _HELP = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     full = Params()
     parser.add_argument("--redis-url", help="Redis for the governed target's counters (default: in memory)")
-    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
-                        help="comma-separated subset of direct,floor,gateway,governed (default: direct,floor,gateway)")
+    parser.add_argument("--targets", default=None,
+                        help="comma-separated subset of direct,floor,gateway,governed (default: direct,floor,gateway; "
+                             "with --webrtc: direct,gateway)")
     for f in fields(Params):
         kind = float if f.type == "float" else int
         parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
@@ -116,14 +117,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
                         help=f"pin relays to CPU {RELAY_CPU}, simulators and load to CPU {LOAD_CPU} "
                              "(default: on when taskset exists and there are 2+ CPUs)")
-    parser.add_argument("--output", default="bench-results.json", help="JSON report path")
+    parser.add_argument("--output", default=None,
+                        help="JSON report path (default: bench-results.json; with --webrtc: bench-results-webrtc.json)")
+    from bifrost_rt.bench import rtc_runner  # imports this module: only once it is loaded
+
+    rtc_runner.add_arguments(parser)
 
 
 def run_from_args(ns: argparse.Namespace) -> int:
+    if getattr(ns, "webrtc", False):
+        from bifrost_rt.bench import rtc_runner
+
+        return rtc_runner.run_from_args(ns)
     base = QUICK if ns.quick else Params()
     params = Params(**{f.name: v if (v := getattr(ns, f.name)) is not None else getattr(base, f.name)
                        for f in fields(Params)})
-    targets = [t.strip() for t in ns.targets.split(",") if t.strip()]
+    targets = [t.strip() for t in (ns.targets or ",".join(DEFAULT_TARGETS)).split(",") if t.strip()]
     unknown = sorted(set(targets) - set(TARGETS))
     if unknown or not targets:
         print(f"bench: unknown targets {unknown}; choose from {','.join(TARGETS)}", file=sys.stderr)
@@ -163,11 +172,12 @@ def run_from_args(ns: argparse.Namespace) -> int:
         **summary,
         **results,
     }
-    Path(ns.output).write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    output = ns.output or "bench-results.json"
+    Path(output).write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     print(report.format_table(summary, _header(params, pin)))
     for warning in results["warnings"]:
         print(f"warning: {warning}")
-    print(f"JSON report: {ns.output}")
+    print(f"JSON report: {output}")
     return 0
 
 

@@ -72,6 +72,8 @@ class ForwardedAudio(MediaStreamTrack):
         self.last_arrival_ns = 0
         self.dwell_ns_total = 0  # time packets spent in the gateway between decryption and hand-off to aiortc
         self.dwell_ns_max = 0
+        # Kept, because asyncio.get_running_loop() costs a getpid() syscall per call before Python 3.12.
+        self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
 
     def push(self, packet: bytes) -> None:
@@ -97,7 +99,7 @@ class ForwardedAudio(MediaStreamTrack):
                 packet.pts = timestamp
                 packet.time_base = _TIME_BASE
                 return packet
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
