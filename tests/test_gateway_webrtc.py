@@ -76,6 +76,17 @@ async def wait_for_record(sink: CapturingSink, predicate: Any) -> Any:
     return await asyncio.wait_for(found(), TIMEOUT_S)
 
 
+async def post_offer(gateway: ServerThread, path: str = MODEL_PATH, key: str = VIRTUAL_KEY) -> httpx.Response:
+    """A fresh caller's offer posted raw; the caller is closed again (only the HTTP answer matters)."""
+    caller = Caller()
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S) as client:
+            return await client.post(path, content=await caller.offer(),
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/sdp"})
+    finally:
+        await caller.close()
+
+
 # --- media ---
 
 
@@ -297,12 +308,7 @@ async def test_unknown_models_are_refused_before_the_provider_is_called(simulato
     providers = {name: {"base_url": f"{simulator_server.url}/v1", "api_key": PROVIDER_KEY} for name in ("openai", "backup")}
     config = gateway_config(f"{simulator_server.url}/v1", providers=providers, webrtc=WEBRTC)
     with ServerThread(create_app(parse_config(config))) as gateway:
-        caller = Caller()
-        offer = await caller.offer()
-        await caller.close()
-        async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S) as client:
-            reply = await client.post("/v1/realtime/calls?model=gpt-realtime", content=offer,
-                                      headers={"Authorization": f"Bearer {VIRTUAL_KEY}", "Content-Type": "application/sdp"})
+        reply = await post_offer(gateway, "/v1/realtime/calls?model=gpt-realtime")
         assert reply.status_code == 400
         assert reply.json()["error"]["code"] == "model_not_found" and reply.json()["error"]["param"] == "model"
         async with call(gateway, key=VIRTUAL_KEY, path="/v1/realtime/calls?model=backup/gpt-realtime") as (caller, _):
@@ -312,14 +318,8 @@ async def test_unknown_models_are_refused_before_the_provider_is_called(simulato
 async def test_per_key_call_cap(gateway: ServerThread) -> None:
     async with call(gateway, key=VIRTUAL_KEY, path=MODEL_PATH), call(gateway, key=VIRTUAL_KEY, path=MODEL_PATH), \
             call(gateway, key=VIRTUAL_KEY, path=MODEL_PATH):
-        caller = Caller()
-        try:
-            async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S) as client:
-                reply = await client.post(MODEL_PATH, content=await caller.offer(),
-                                          headers={"Authorization": f"Bearer {VIRTUAL_KEY}", "Content-Type": "application/sdp"})
-            assert reply.status_code == 429 and reply.json()["error"]["code"] == "call_limit_reached"
-        finally:
-            await caller.close()
+        reply = await post_offer(gateway)
+        assert reply.status_code == 429 and reply.json()["error"]["code"] == "call_limit_reached"
         # Another key is not held back by this one's calls.
         async with call(gateway, key="sk-bf-mini-only", path="/v1/realtime/calls?model=gpt-realtime-mini"):
             pass
@@ -446,14 +446,8 @@ async def test_budget_ends_the_call_after_its_turn_and_refuses_the_next_call(sim
             await asyncio.wait_for(caller.channel_closed.wait(), TIMEOUT_S)
         record = await wait_for_record(sink, lambda r: r.status == "completed")
         assert record.transport == "webrtc" and record.cost["total"] > 0.0001
-        caller = Caller()
-        try:
-            async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S) as client:
-                reply = await client.post(MODEL_PATH, content=await caller.offer(),
-                                          headers={"Authorization": f"Bearer {VIRTUAL_KEY}", "Content-Type": "application/sdp"})
-            assert reply.status_code == 429 and reply.json()["error"]["type"] == "insufficient_quota"
-        finally:
-            await caller.close()
+        reply = await post_offer(gateway)
+        assert reply.status_code == 429 and reply.json()["error"]["type"] == "insufficient_quota"
 
 
 async def test_an_unreachable_provider_is_a_502_without_its_address_or_key() -> None:
@@ -461,13 +455,7 @@ async def test_an_unreachable_provider_is_a_502_without_its_address_or_key() -> 
         probe.bind(("127.0.0.1", 0))
         dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
     with ServerThread(create_app(parse_config(gateway_config(dead_url, webrtc=WEBRTC)))) as gateway:
-        caller = Caller()
-        try:
-            async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S) as client:
-                reply = await client.post(MODEL_PATH, content=await caller.offer(),
-                                          headers={"Authorization": f"Bearer {VIRTUAL_KEY}", "Content-Type": "application/sdp"})
-        finally:
-            await caller.close()
+        reply = await post_offer(gateway)
         assert reply.status_code == 502 and reply.json()["error"]["code"] == "upstream_unavailable"
         assert dead_url.split("//")[1] not in reply.text and PROVIDER_KEY not in reply.text
         assert len(gateway.app.state.calls) == 0 and len(gateway.app.state.gateway.registry) == 0
