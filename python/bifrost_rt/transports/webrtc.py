@@ -227,6 +227,7 @@ class Call:
         self.chars_down = 0
         self._client_heard_ns = time.monotonic_ns()
         self._upstream_open = asyncio.Event()
+        self._connected = asyncio.Event()  # both peers connected
         self._tasks: list[asyncio.Task[Any]] = []
         self._ending: CallEnding | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -428,6 +429,8 @@ class Call:
         self._client_heard_ns = time.monotonic_ns()
 
     def _on_state(self, side: str, pc: RTCPeerConnection) -> None:
+        if self.client_pc.connectionState == "connected" and self.upstream_pc.connectionState == "connected":
+            self._connected.set()
         if pc.connectionState in ("failed", "closed") and self._ending is None:
             lost = errors.upstream_lost() if side == "upstream" else None
             self.end_soon(CallEnding("interrupted" if side == "client" else "failed", f"{side}_connection_{pc.connectionState}", lost))
@@ -440,12 +443,9 @@ class Call:
         comes back within it (a brief network drop) keeps its call.
         """
         config = self._config
-        deadline = time.monotonic() + config.connect_timeout_s
-        while time.monotonic() < deadline:
-            if self.client_pc.connectionState == "connected" and self.upstream_pc.connectionState == "connected":
-                break
-            await asyncio.sleep(0.1)
-        else:
+        try:
+            await asyncio.wait_for(self._connected.wait(), config.connect_timeout_s)
+        except asyncio.TimeoutError:
             if self.upstream_pc.connectionState != "connected":
                 self.end_soon(CallEnding("failed", "upstream_connect_timeout", errors.upstream_unavailable(), {"type": "server_error", "code": "upstream_connect_timeout"}))
             else:
