@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from redis_service import RedisServer  # noqa: E402
 
-from bifrost_rt.config import Budget, KeyPolicy, RateLimits, TeamPolicy  # noqa: E402
-from bifrost_rt.governance import Governance  # noqa: E402
-from bifrost_rt.stores.kv import KVStore, MemoryKV, RedisKV  # noqa: E402
+from bifrost_rt.config import Budget, KeyPolicy, RateLimits, TeamPolicy
+from bifrost_rt.policy.governance import Governance
+from bifrost_rt.state.kv import KVStore, MemoryKV, RedisKV
 
 KEY = "vk_bench"
 KEYS = {

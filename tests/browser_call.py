@@ -43,11 +43,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from bifrost_rt.app import create_app
+from bifrost_rt.runtime.app import create_app
 from bifrost_rt.config import parse_config
 from bifrost_rt.records import TurnRecord
-from bifrost_rt.server import uvicorn_settings
-from bifrost_rt.simulator import SimulatorOptions, create_simulator_app
+from bifrost_rt.runtime.server import uvicorn_settings
+from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
 
 SIMULATOR_KEY = "sk-browser-test"
 CLIENT_SECRETS_SECRET = "browser-call-client-secret-sealing-key-0123456789"

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from servers import ServerThread
 
-from bifrost_rt.app import create_app
+from bifrost_rt.runtime.app import create_app
 from bifrost_rt.config import parse_config
-from bifrost_rt.server import uvicorn_settings
-from bifrost_rt.simulator import SimulatorOptions, create_simulator_app
+from bifrost_rt.runtime.server import uvicorn_settings
+from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
 from bifrost_rt.records import TurnRecord
 
 VIRTUAL_KEY = "sk-bf-test-team"

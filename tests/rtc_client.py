@@ -22,8 +22,8 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from openai.types.realtime import RealtimeServerEvent
 
-from bifrost_rt.simulator.webrtc import FRAME_SAMPLES, OPUS_RATE
-from bifrost_rt.transports.aiortc_hooks import LOOPBACK, restrict_host_candidates
+from bifrost_rt.tools.simulator.webrtc import FRAME_SAMPLES, OPUS_RATE
+from bifrost_rt.rtc.aiortc_hooks import LOOPBACK, restrict_host_candidates
 
 from servers import ServerThread
 

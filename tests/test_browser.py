@@ -19,7 +19,7 @@ import orjson
 import pytest
 from browser_call import RESPONSE_AUDIO_MS
 
-from bifrost_rt.simulator.audio import TONE_HZ
+from bifrost_rt.tools.simulator.audio import TONE_HZ
 
 SCRIPT = Path(__file__).with_name("browser_call.py")
 CALL_TIMEOUT_S = 60  # the script's own limit; the subprocess gets a margin on top

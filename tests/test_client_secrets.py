@@ -17,8 +17,8 @@ from openai import AsyncOpenAI
 from test_serve import free_port, wait_until_listening
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from bifrost_rt.client_secrets import ClientSecrets
-from bifrost_rt.stores.kv import MemoryKV
+from bifrost_rt.policy.client_secrets import ClientSecrets
+from bifrost_rt.state.kv import MemoryKV
 
 SECRET = "test-client-secret-signing-key"
 ADMIN_KEY = "adm-test-key"

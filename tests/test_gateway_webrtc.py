@@ -20,13 +20,13 @@ from conftest import PROVIDER_KEY, VIRTUAL_KEY, CapturingSink, gateway_config, r
 from openai import AsyncOpenAI
 from rtc_client import TIMEOUT_S, Caller, call, rms, zero_crossing_hz
 
-from bifrost_rt.app import create_app
+from bifrost_rt.runtime.app import create_app
 from bifrost_rt.config import parse_config
-from bifrost_rt.hooks import Decision, Plugin
-from bifrost_rt.simulator import SimulatorOptions, create_simulator_app
-from bifrost_rt.simulator.audio import TONE_HZ
-from bifrost_rt.simulator.webrtc import OPUS_RATE
-from bifrost_rt.transports.aiortc_hooks import LOOPBACK
+from bifrost_rt.policy.hooks import Decision, Plugin
+from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
+from bifrost_rt.tools.simulator.audio import TONE_HZ
+from bifrost_rt.tools.simulator.webrtc import OPUS_RATE
+from bifrost_rt.rtc.aiortc_hooks import LOOPBACK
 
 from servers import ServerThread
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import pytest
 import redis.asyncio as redis
 
-from bifrost_rt.governance import Budget, ChargeResult, Governance, KeyPolicy, RateLimits, TeamPolicy, period_bounds
-from bifrost_rt.stores.kv import KVStore, KVUnavailable, MemoryKV, RedisKV
+from bifrost_rt.policy.governance import Budget, ChargeResult, Governance, KeyPolicy, RateLimits, TeamPolicy, period_bounds
+from bifrost_rt.state.kv import KVStore, KVUnavailable, MemoryKV, RedisKV
 
 if TYPE_CHECKING:
     from redis_service import RedisServer
@@ -359,8 +359,8 @@ async def _admitted(gov: Governance, session_id: str) -> bool:
 
 _WORKER = """
 import asyncio, json, sys
-from bifrost_rt.governance import Budget, ChargeResult, Governance, KeyPolicy
-from bifrost_rt.stores.kv import RedisKV
+from bifrost_rt.policy.governance import Budget, ChargeResult, Governance, KeyPolicy
+from bifrost_rt.state.kv import RedisKV
 
 async def main(url, name):
     kv = RedisKV(url)

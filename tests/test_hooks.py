@@ -12,8 +12,8 @@ from conftest import VIRTUAL_KEY, recv_json, recv_until
 from servers import ServerThread
 from websockets.exceptions import ConnectionClosed
 
-from bifrost_rt.hooks import Decision, Plugin, SessionInfo, TurnRequest
-from bifrost_rt.simulator import SimulatorOptions, create_simulator_app
+from bifrost_rt.policy.hooks import Decision, Plugin, SessionInfo, TurnRequest
+from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
 from bifrost_rt.records import TurnRecord
 
 

@@ -10,7 +10,7 @@ import websockets
 from conftest import VIRTUAL_KEY
 from prometheus_client.parser import text_string_to_metric_families
 
-from bifrost_rt.hooks import Plugin, TurnRequest
+from bifrost_rt.policy.hooks import Plugin, TurnRequest
 
 
 class Faulty(Plugin):

@@ -19,7 +19,7 @@ from servers import ServerThread
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bifrost_rt.config import ConfigError, load_config, parse_config
-from bifrost_rt.simulator import SimulatorOptions, create_simulator_app
+from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
 
 ROOT = Path(__file__).resolve().parent.parent
 

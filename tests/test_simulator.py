@@ -25,12 +25,12 @@ from openai import AsyncOpenAI
 from openai.types.realtime import RealtimeServerEvent
 from websockets.exceptions import ConnectionClosed
 
-from bifrost_rt.simulator import EMITTED_EVENT_TYPES, SimulatorOptions, create_simulator_app
-from bifrost_rt.simulator.audio import PCMA, PCMU, encode, speech_level
-from bifrost_rt.simulator.config import DEFAULT_INSTRUCTIONS
-from bifrost_rt.simulator.response import FAULT_AFTER_DELTAS
-from bifrost_rt.simulator.usage import text_tokens
-from bifrost_rt.simulator.vad import InputAudioBuffer, SpeechStarted, SpeechStopped, TurnDetection
+from bifrost_rt.tools.simulator import EMITTED_EVENT_TYPES, SimulatorOptions, create_simulator_app
+from bifrost_rt.tools.simulator.audio import PCMA, PCMU, encode, speech_level
+from bifrost_rt.tools.simulator.config import DEFAULT_INSTRUCTIONS
+from bifrost_rt.tools.simulator.response import FAULT_AFTER_DELTAS
+from bifrost_rt.tools.simulator.usage import text_tokens
+from bifrost_rt.tools.simulator.vad import InputAudioBuffer, SpeechStarted, SpeechStopped, TurnDetection
 
 from servers import ServerThread
 

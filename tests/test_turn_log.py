@@ -21,16 +21,10 @@ from services import PostgresServer, free_port, postgres_dsn, postgres_server  #
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from bifrost_rt.stores.logs import (
-    PostgresTurnStore,
-    SpoolingStore,
-    SQLiteTurnStore,
-    StoreUnavailable,
-    TurnLogStore,
-)
-from bifrost_rt.transports.logs_api import LogsApi
+from bifrost_rt.state.turn_log import PostgresTurnStore, SpoolingStore, SQLiteTurnStore, StoreUnavailable, TurnLogStore
+from bifrost_rt.http.logs_api import LogsApi
 from bifrost_rt.records import TurnRecord
-from bifrost_rt.turns import TurnWriter
+from bifrost_rt.state.turn_writer import TurnWriter
 
 BASE = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 ADMIN_KEY = "sk-admin-test"

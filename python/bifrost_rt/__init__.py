@@ -10,7 +10,7 @@ except PackageNotFoundError:  # running from a source tree without an installed 
 
 def create_app(config, *, turn_sinks=None, plugins=()):
     """The ASGI app for a `GatewayConfig` (or a path to a YAML/TOML file); serve it with any ASGI server."""
-    from .app import create_app as _create_app
+    from bifrost_rt.runtime.app import create_app as _create_app
 
     return _create_app(config, turn_sinks=turn_sinks, plugins=plugins)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__
-from .config import ConfigError, load_config
+from bifrost_rt import __version__
+from bifrost_rt.config import ConfigError, load_config
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    from .server import configure_logging, serve
+    from bifrost_rt.runtime.server import configure_logging, serve
 
     try:
         config = load_config(ns.config)
@@ -25,7 +25,7 @@ def _serve(ns: argparse.Namespace) -> int:
 
 
 def _simulate(ns: argparse.Namespace) -> int:
-    from .simulator import SimulatorOptions, run_simulator
+    from bifrost_rt.tools.simulator import SimulatorOptions, run_simulator
 
     options = SimulatorOptions(
         pace=ns.pace,
@@ -40,13 +40,13 @@ def _simulate(ns: argparse.Namespace) -> int:
 
 
 def _demo(ns: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from bifrost_rt.tools.demo import run_demo
 
     return run_demo()
 
 
 def _bench(ns: argparse.Namespace) -> int:
-    from .bench import run_from_args
+    from bifrost_rt.tools.bench import run_from_args
 
     return run_from_args(ns)
 
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     bench = commands.add_parser("bench", help="relay load benchmark: simulator vs floor relay vs gateway")
-    from .bench import add_arguments
+    from bifrost_rt.tools.bench import add_arguments
 
     add_arguments(bench)
     bench.set_defaults(run=_bench)

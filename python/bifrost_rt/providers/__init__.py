@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from ..config import GatewayConfig, ModelRoute, ProviderConfig
+from bifrost_rt.config import GatewayConfig, ModelRoute, ProviderConfig
 
 # Query parameters the gateway consumes or that carry credentials; never forwarded upstream.
 _PRIVATE_QUERY = frozenset({"model", "api-key", "api_key", "key"})

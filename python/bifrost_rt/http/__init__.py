@@ -1,0 +1,1 @@
+"""HTTP and WebSocket endpoints: admission, the realtime socket, calls signalling, client secrets, the logs API."""

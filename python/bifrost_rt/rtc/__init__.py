@@ -1,0 +1,1 @@
+"""WebRTC building blocks with no gateway state, shared by the gateway and the simulator (offers, aiortc hooks)."""

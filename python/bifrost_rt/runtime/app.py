@@ -1,0 +1,115 @@
+"""The Starlette application: routes, lifespan, and the process's `Gateway`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from bifrost_rt.config import GatewayConfig, load_config
+from bifrost_rt.runtime.gateway import Gateway
+from bifrost_rt.policy.hooks import Plugin
+from bifrost_rt.http.calls import CallRelay
+from bifrost_rt.http.client_secrets import ClientSecretEndpoint, RevokeEndpoint
+from bifrost_rt.http.logs_api import LogsApi
+from bifrost_rt.http.realtime import RealtimeWebSocketEndpoint
+from bifrost_rt.state.turn_writer import TurnSink
+
+
+# What browsers may send on preflighted requests (SDKs add the agents and beta headers).
+CORS_ALLOWED_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "OpenAI-Beta",
+    "X-OpenAI-Agents-SDK",
+    "OpenAI-Organization",
+    "OpenAI-Project",
+    "X-Stainless-Timeout",
+    "baggage",
+]
+
+
+def _log_routes(gateway: Gateway) -> list[Route]:
+    if gateway.turn_log is None:
+        return []
+    api = LogsApi(gateway.turn_log, gateway.authenticator.is_admin)
+    return [
+        Route("/api/logs", api.logs, methods=["GET"]),
+        Route("/api/logs/sessions/{session_id}", api.session_logs, methods=["GET"]),
+        Route("/api/logs/sessions/{session_id}/summary", api.session_summary, methods=["GET"]),
+    ]
+
+
+def create_app(
+    config: GatewayConfig | str | os.PathLike[str],
+    *,
+    turn_sinks: Iterable[TurnSink] | None = None,
+    plugins: Iterable[Plugin] = (),
+) -> Starlette:
+    """`plugins` are added before those named in the configuration."""
+    if not isinstance(config, GatewayConfig):
+        config = load_config(Path(config))
+    gateway = Gateway(config, turn_sinks, plugins)
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def readyz(request: Request) -> JSONResponse:
+        if gateway.registry.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return JSONResponse({"status": "ready", "sessions": len(gateway.registry)})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    calls = CallRelay(gateway)
+    routes: list[Route | WebSocketRoute] = []
+    # Each realtime route also lives under /openai/v1 and /openai, where the provider defaults to `openai`.
+    for prefix, path_provider in (("/v1", None), ("/openai/v1", "openai"), ("/openai", "openai")):
+        routes += [
+            WebSocketRoute(f"{prefix}/realtime", RealtimeWebSocketEndpoint(gateway, path_provider, calls)),
+            Route(f"{prefix}/realtime/calls", calls.endpoint(prefix, path_provider), methods=["POST"]),
+            Route(f"{prefix}/realtime", calls.endpoint(prefix, path_provider), methods=["POST"]),  # legacy WebRTC
+            Route(f"{prefix}/realtime/calls/{{call_id}}/hangup", calls.hangup, methods=["POST"]),
+            Route(f"{prefix}/realtime/client_secrets", ClientSecretEndpoint(gateway, legacy=False, path_provider=path_provider).handle, methods=["POST"]),
+            Route(f"{prefix}/realtime/sessions", ClientSecretEndpoint(gateway, legacy=True, path_provider=path_provider).handle, methods=["POST"]),
+        ]
+    routes += [
+        Route("/api/client_secrets/revoke", RevokeEndpoint(gateway).handle, methods=["POST"]),
+        *_log_routes(gateway),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+    ]
+    cors = config.cors
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=cors.allowed_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=CORS_ALLOWED_HEADERS,
+            expose_headers=["Location"],
+            max_age=cors.max_age_s,
+        )
+    ]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.gateway = gateway
+    app.state.calls = calls
+    return app

@@ -1,0 +1,129 @@
+"""Prometheus metrics (`GET /metrics`).
+
+Nothing here runs per frame: relays keep plain integer counters that a collector reads at scrape time, turn
+metrics come from a turn sink, hook metrics from the hook pipeline's callbacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from bifrost_rt.core.registry import SessionRegistry
+from bifrost_rt.records import TurnRecord
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_HOOK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.turns = Counter("bifrost_rt_turns", "Turns recorded, by status", ["status"], registry=self.registry)
+        self.turn_latency = Histogram(
+            "bifrost_rt_turn_latency_seconds",
+            "Turn latency from the request: to the first output delta, and to response.done",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter("bifrost_rt_tokens", "Tokens used, by key, model and kind", ["key", "model", "kind"], registry=self.registry)
+        self.cost = Counter("bifrost_rt_cost_usd", "Cost in USD, by key and model", ["key", "model"], registry=self.registry)
+        self.hook_latency = Histogram(
+            "bifrost_rt_hook_latency_seconds", "Plugin hook run time", ["plugin", "hook"], buckets=_HOOK_BUCKETS, registry=self.registry
+        )
+        self.hook_failures = Counter(
+            "bifrost_rt_hook_failures", "Plugin hook failures: exception, timeout, or dropped (queue full)", ["plugin", "kind"], registry=self.registry
+        )
+
+    def observe_hook(self, plugin: str, hook: str, seconds: float) -> None:
+        self.hook_latency.labels(plugin, hook).observe(seconds)
+
+    def count_hook_failure(self, plugin: str, kind: str) -> None:
+        self.hook_failures.labels(plugin, kind).inc()
+
+    def watch(self, registry: SessionRegistry, gauges: dict[str, Callable[[], float]]) -> None:
+        """Scrape-time views of the live sessions and of queue depths and counters kept elsewhere."""
+        self.registry.register(_LiveCollector(registry, gauges))
+
+    def sink(self) -> MetricsSink:
+        return MetricsSink(self)
+
+
+class MetricsSink:
+    """A turn sink that counts turns, tokens, cost and latencies."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+
+    async def write(self, records: list[TurnRecord]) -> None:
+        metrics = self._metrics
+        for record in records:
+            metrics.turns.labels(record.status).inc()
+            model = record.model or ""
+            usage = record.usage or {}
+            for kind in ("input_tokens", "output_tokens", "cached_tokens"):
+                if usage.get(kind):
+                    metrics.tokens.labels(record.principal, model, kind.removesuffix("_tokens")).inc(usage[kind])
+            for transcription in record.transcription_usage:
+                if transcription.get("total_tokens"):
+                    metrics.tokens.labels(record.principal, transcription.get("model") or "", "transcription").inc(transcription["total_tokens"])
+            if record.cost.get("total"):
+                metrics.cost.labels(record.principal, model).inc(record.cost["total"])
+            for stage in ("first_delta", "total"):
+                milliseconds = record.latency_ms.get(stage)
+                if milliseconds is not None and record.response_id is not None:
+                    metrics.turn_latency.labels(stage).observe(milliseconds / 1000)
+
+
+class _LiveCollector(Collector):
+    def __init__(self, registry: SessionRegistry, gauges: dict[str, Callable[[], float]]) -> None:
+        self._registry = registry
+        self._gauges = gauges
+
+    def collect(self) -> Iterable[Metric]:
+        registry = self._registry
+        active = GaugeMetricFamily("bifrost_rt_sessions_active", "Open sessions, by transport", labels=["transport"])
+        by_transport: dict[str, int] = {}
+        for live in registry.live():
+            by_transport[live.session.transport] = by_transport.get(live.session.transport, 0) + 1
+        for transport, count in by_transport.items():
+            active.add_metric([transport], count)
+        yield active
+
+        opened = CounterMetricFamily("bifrost_rt_sessions_opened", "Sessions opened, by transport", labels=["transport"])
+        for transport, count in registry.opened_by_transport.items():
+            opened.add_metric([transport], count)
+        yield opened
+        refused = CounterMetricFamily("bifrost_rt_sessions_refused", "Sessions refused before relaying, by reason", labels=["reason"])
+        for reason, count in registry.refused_by_reason.items():
+            refused.add_metric([reason], count)
+        yield refused
+
+        frames = CounterMetricFamily("bifrost_rt_frames_relayed", "Frames relayed, by direction", labels=["direction"])
+        relayed_bytes = CounterMetricFamily(
+            "bifrost_rt_bytes_relayed", "Frame payload relayed (characters; equal to bytes for ASCII JSON), by direction", labels=["direction"]
+        )
+        totals = registry.relayed_totals()
+        for direction in ("up", "down"):
+            frames.add_metric([direction], totals[f"frames_{direction}"])
+            relayed_bytes.add_metric([direction], totals[f"bytes_{direction}"])
+        yield frames
+        yield relayed_bytes
+        for name, help_text in (
+            ("rtp_packets", "RTP audio packets forwarded by WebRTC calls, by direction (up: caller to provider)"),
+            ("rtp_lost", "RTP packets lost before reaching the gateway, by direction"),
+            ("rtp_dropped", "RTP packets the gateway dropped (forwarding ring full, or malformed), by direction"),
+        ):
+            family = CounterMetricFamily(f"bifrost_rt_{name}", help_text, labels=["direction"])
+            for direction in ("up", "down"):
+                family.add_metric([direction], totals[f"{name}_{direction}"])
+            yield family
+
+        for name, read in self._gauges.items():
+            gauge = GaugeMetricFamily(f"bifrost_rt_{name}", name.replace("_", " "))
+            gauge.add_metric([], read())
+            yield gauge

@@ -1,8 +1,0 @@
-"""A local stand-in for the OpenAI Realtime API (GA shapes): deterministic replies, generated audio, injectable
-faults. Used for demos, tests and as the upstream in load benchmarks."""
-
-from .app import create_simulator_app, run_simulator
-from .events import EMITTED_EVENT_TYPES
-from .options import SimulatorOptions
-
-__all__ = ["EMITTED_EVENT_TYPES", "SimulatorOptions", "create_simulator_app", "run_simulator"]

@@ -1,0 +1,1 @@
+"""Tools on the public API: the built-in simulator, the benchmark and the demo."""

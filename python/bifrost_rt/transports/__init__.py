@@ -1,1 +1,0 @@
-"""Transports: how clients reach a realtime session (WebSocket today)."""

@@ -1,0 +1,1 @@
+"""Transports that only move bytes between a client and a provider, driven by the relay core."""
