@@ -14,7 +14,8 @@ from types import TracebackType
 from typing import Any
 
 import uvicorn
-from uvicorn.config import WS_PROTOCOLS
+
+from bifrost_rt.runtime import ws_protocol
 
 STARTUP_TIMEOUT_S = 10.0
 SHUTDOWN_TIMEOUT_S = 10.0
@@ -39,7 +40,7 @@ class ServerThread:
         self.app = app
         self._ready = threading.Event()
         settings: dict[str, Any] = {
-            "ws": "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets",
+            "ws": ws_protocol.PROTOCOL,
             "lifespan": "on",
             "log_level": "warning",
             "timeout_graceful_shutdown": 2,

@@ -136,6 +136,7 @@ class RealtimeConfig(_Strict):
     upstream_ping_timeout_s: float = Field(20.0, gt=0)
     upstream_connect_timeout_s: float = Field(10.0, gt=0)
     write_timeout_s: float = Field(30.0, gt=0, description="a client that accepts no data for this long is dropped")
+    close_timeout_s: float = Field(1.0, gt=0, description="a peer that does not take its closing frames within this is dropped")
     idle_timeout_s: float = Field(0.0, ge=0, description="0 disables; no frame either way for this long ends the session")
     max_session_s: float = Field(3600.0, ge=0, description="0 disables; hard cap on one session's duration")
     shutdown_drain_s: float = Field(10.0, ge=0, description="how long open turns may finish on SIGTERM")

@@ -8,13 +8,12 @@ responses are separate turns.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -76,11 +75,12 @@ class _OpenTurn:
 _ENDS_SESSION = frozenset({"insufficient_quota", "rate_limit_exceeded"})
 
 
-class SessionControls(Protocol):
-    """What the session core may ask of its transport."""
+@dataclass(frozen=True, slots=True)
+class StartedTurn:
+    """A turn the provider started on its own (server VAD) that plugins must check; it can only be cancelled."""
 
-    async def refuse_started_turn(self, response_id: str, decision: Decision) -> None:
-        """A turn the provider started on its own was denied: cancel it upstream and tell the client."""
+    request: TurnRequest
+    response_id: str
 
 
 def _loads(frame: str) -> dict[str, Any] | None:
@@ -154,7 +154,6 @@ class RealtimeSession:
         self._writer = writer
         self._hooks = hooks
         self._on_turn = on_turn
-        self.controls: SessionControls | None = None
         self._log_content = log_content
         self._raw_frames = raw_frames
         self._turns: dict[str, _OpenTurn] = {}
@@ -241,13 +240,9 @@ class RealtimeSession:
             pending.request = request
         return request
 
-    async def _check_started_turn(self, request: TurnRequest, response_id: str) -> None:
-        decision = await self._hooks.pre_turn(request)
-        if not decision.allowed and self.controls is not None and response_id in self._turns:
-            await self.controls.refuse_started_turn(response_id, decision)
-
-    def on_server_frame(self, frame: str) -> tuple[int, str] | None:
-        """Observe a provider frame; a close (code, reason) comes back when the session must end once it is forwarded."""
+    def on_server_frame(self, frame: str) -> StartedTurn | tuple[int, str] | None:
+        """Observe a provider frame. Comes back: a turn the provider started that plugins must check, or a close
+        (code, reason) when the session must end once the frame is forwarded."""
         info = self.tracker.observe_server(frame)
         if info is None:
             return None
@@ -262,6 +257,9 @@ class RealtimeSession:
     @property
     def open_turns(self) -> int:
         return len(self._turns)
+
+    def is_open(self, response_id: str) -> bool:
+        return response_id in self._turns
 
     # ---- client events -------------------------------------------------------------------------
 
@@ -412,10 +410,10 @@ class RealtimeSession:
                 self._pending_creates.remove(pending)
                 break
 
-    def _on_response_created(self, frame: str, info: Any) -> None:
+    def _on_response_created(self, frame: str, info: Any) -> StartedTurn | None:
         response_id = info.response_object_id
         if not response_id or response_id in self._turns:
-            return
+            return None
         now = time.monotonic()
         pending = self._match_pending_create(frame, info)
         if pending is not None and pending.conversation == "none":
@@ -438,9 +436,6 @@ class RealtimeSession:
             raw_request=pending.raw if pending is not None else None,
         )
         self._turns[response_id] = turn
-        if pending is None and self._hooks.checks_turns and self.controls is not None:
-            request = TurnRequest(self.info, None, [self._input_dict(i) for i in inputs], list(self.tools), {}, server_started=True)
-            asyncio.get_running_loop().create_task(self._check_started_turn(request, response_id))
         for turn_input in inputs:
             if turn_input.item_id:
                 self._turn_by_item[turn_input.item_id] = turn
@@ -449,6 +444,10 @@ class RealtimeSession:
                 if billed is not None:
                     turn.transcription_usage.append(billed[0])
                     turn.transcription_cost += billed[1]
+        if pending is None and self._hooks.checks_turns:
+            request = TurnRequest(self.info, None, [self._input_dict(i) for i in inputs], list(self.tools), {}, server_started=True)
+            return StartedTurn(request, response_id)
+        return None
 
     def _match_pending_create(self, frame: str, info: Any) -> _PendingCreate | None:
         if not self._pending_creates:
@@ -458,6 +457,12 @@ class RealtimeSession:
             metadata = (event.get("response") or {}).get("metadata")
             for pending in self._pending_creates:
                 if pending.metadata == metadata:
+                    self._pending_creates.remove(pending)
+                    return pending
+        else:
+            # A request that set metadata gets a response carrying it: an unlabelled response is someone else's.
+            for pending in self._pending_creates:
+                if pending.metadata is None:
                     self._pending_creates.remove(pending)
                     return pending
         return self._pending_creates.popleft()

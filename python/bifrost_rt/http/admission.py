@@ -9,7 +9,7 @@ from bifrost_rt import errors
 from bifrost_rt.policy.auth import Principal
 from bifrost_rt.policy.client_secrets import Grant, InvalidToken, is_gateway_token
 from bifrost_rt.errors import RealtimeError
-from bifrost_rt.runtime.gateway import Gateway
+from bifrost_rt.http.services import Services
 from bifrost_rt.providers import Route
 from bifrost_rt.state.kv import KVUnavailable
 
@@ -24,7 +24,7 @@ class Admission:
 
 
 async def admit(
-    gateway: Gateway, credential: str | None, model: str | None, path_provider: str | None, *, model_required: bool
+    gateway: Services, credential: str | None, model: str | None, path_provider: str | None, *, model_required: bool
 ) -> Admission | RealtimeError:
     """Authenticates `credential` (a virtual key or a gateway client secret) and resolves the model.
 
@@ -61,7 +61,7 @@ async def admit(
     return Admission(principal, route, upstream_credential)
 
 
-async def _open_client_secret(gateway: Gateway, token: str) -> Grant | None:
+async def _open_client_secret(gateway: Services, token: str) -> Grant | None:
     secrets = gateway.client_secrets
     if secrets is None:
         return None

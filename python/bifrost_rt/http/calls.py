@@ -21,12 +21,14 @@ from starlette.responses import JSONResponse, Response
 from bifrost_rt import __version__, errors
 from bifrost_rt.policy.auth import presented_credential
 from bifrost_rt.errors import RealtimeError, new_id
-from bifrost_rt.runtime.gateway import Gateway
+from bifrost_rt.http.services import Services
 from bifrost_rt.http.admission import Admission, admit
 from bifrost_rt.http.handshake import baggage_session_id, scope_headers
 from bifrost_rt.http.error_responses import error_response, provider_error_response
 from bifrost_rt.rtc.offers import OfferError, read_offer
-from bifrost_rt.wire.webrtc import Call, CallEnding, Sideband
+from bifrost_rt.core import ending as endings
+from bifrost_rt.core.relay import Relay
+from bifrost_rt.wire.webrtc import Call, Sideband
 
 logger = logging.getLogger("bifrost_rt.calls")
 
@@ -56,7 +58,7 @@ class _ProviderRefused(Exception):
 class CallRelay:
     """The process's calls, their caps, and the HTTP and sideband entry points."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Services) -> None:
         self.gateway = gateway
         self.config = gateway.config.webrtc
         self._calls: dict[str, Call] = {}
@@ -111,7 +113,7 @@ class CallRelay:
             try:
                 answer = await self._negotiate(call, offer, session_config, admission, headers)
             except BaseException as failure:
-                call.end_soon(CallEnding("failed", "setup_failed"))
+                call.end_soon(endings.setup_failed())
                 await call.closed.wait()
                 if isinstance(failure, _ProviderRefused):
                     return failure.response
@@ -149,7 +151,8 @@ class CallRelay:
             session_group=baggage_session_id(headers),
             session_id=session_id,
         )
-        return Call(new_id("rtc"), session, self.config, gateway.registry, gateway.hooks, self._ended)
+        relay = Relay(session, gateway.hooks, max_message_bytes=gateway.config.realtime.max_frame_bytes)
+        return Call(new_id("rtc"), relay, self.config, gateway.registry, self._ended)
 
     async def _negotiate(
         self, call: Call, offer: str, session_config: dict[str, Any] | None, admission: Admission, headers: dict[str, str]

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 
 from bifrost_rt.policy.auth import presented_credential
 from bifrost_rt.policy.client_secrets import InvalidToken, is_gateway_token
-from bifrost_rt.runtime.gateway import Gateway
+from bifrost_rt.http.services import Services
 from bifrost_rt.state.kv import KVUnavailable
 from bifrost_rt.http.handshake import scope_headers
 from bifrost_rt.http.error_responses import error_response, provider_error_response
@@ -81,7 +81,7 @@ def _replace_everywhere(value: Any, old: str, new: str) -> Any:
 class ClientSecretEndpoint:
     """Starlette endpoint for the GA route (`legacy=False`) or the beta sessions route (`legacy=True`)."""
 
-    def __init__(self, gateway: Gateway, *, legacy: bool, path_provider: str | None = None) -> None:
+    def __init__(self, gateway: Services, *, legacy: bool, path_provider: str | None = None) -> None:
         self.gateway = gateway
         self.legacy = legacy
         self.path_provider = path_provider
@@ -184,7 +184,7 @@ class ClientSecretEndpoint:
 class RevokeEndpoint:
     """`POST /api/client_secrets/revoke` (admin): `{"token": "ek_…"}` or `{"virtual_key": "<name>"}`."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Services) -> None:
         self.gateway = gateway
 
     async def handle(self, request: Request) -> Response:

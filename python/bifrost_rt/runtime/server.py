@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 from bifrost_rt import __version__
 from bifrost_rt.runtime.app import create_app
 from bifrost_rt.config import GatewayConfig, RealtimeConfig, load_config
+from bifrost_rt.runtime import ws_protocol
 from bifrost_rt.runtime.gateway import Gateway
 
 logger = logging.getLogger("bifrost_rt.server")
@@ -50,7 +51,7 @@ def uvicorn_settings(limits: RealtimeConfig) -> dict[str, Any]:
     CPU per session and would put any credential a client sends in the query into the log.
     """
     return {
-        "ws": "websockets-sansio",
+        "ws": ws_protocol.PROTOCOL,  # uvicorn's websockets-sansio, able to abort a stalled client
         # The relay checks max_frame_bytes itself to answer with an error event; uvicorn's cap is the backstop.
         "ws_max_size": 2 * limits.max_frame_bytes,
         "ws_per_message_deflate": limits.permessage_deflate,

@@ -18,35 +18,29 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import av
-import orjson
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCRtpSender
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection
 from aiortc import RTCBundlePolicy, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from bifrost_rt import _native, errors
 from bifrost_rt.config import IceServerConfig, WebRTCConfig
-from bifrost_rt.errors import RealtimeError
-from bifrost_rt.policy.hooks import Decision, HookPipeline
+from bifrost_rt.core import ending as endings
+from bifrost_rt.core.ending import Ending
 from bifrost_rt.core.registry import SessionRegistry
-from bifrost_rt.core.session import RealtimeSession
+from bifrost_rt.core.relay import FORWARD, Action, Check, End, Relay, Reply, ToClient, ToUpstream
+from bifrost_rt.errors import RealtimeError
 from bifrost_rt.rtc.aiortc_hooks import host_addresses, restrict_host_candidates, tap_rtp, watch_datagrams
+from bifrost_rt.rtc.codecs import EVENTS_CHANNEL, OPUS_RATE, offers_opus, opus_codecs
 
 logger = logging.getLogger("bifrost_rt.webrtc")
 
-EVENTS_CHANNEL = "oai-events"
-OPUS_RATE = 48_000
 _TIME_BASE = fractions.Fraction(1, OPUS_RATE)
 _RING_BYTES_PER_PACKET = 1500  # the largest RTP payload a 1500-byte MTU allows
 _FLUSH_WAIT_S = 1.0  # how long a closing call waits for its last data-channel messages to leave
-
-
-def opus_codecs() -> list[Any]:
-    """Opus alone: audio is forwarded as it arrives, so both hops must speak the same codec."""
-    return [codec for codec in RTCRtpSender.getCapabilities("audio").codecs if codec.mimeType.lower() == "audio/opus"]
+_PEER_CLOSE_S = 5.0  # aiortc's close waits on its transports; a peer that never answers must not hold the call
 
 
 def ice_configuration(servers: list[IceServerConfig], *, bundle: bool = False) -> RTCConfiguration:
@@ -150,14 +144,6 @@ class MessageQueue:
         return message, origin
 
 
-@dataclass(slots=True)
-class CallEnding:
-    turn_status: str
-    reason: str
-    client_error: RealtimeError | None = None  # sent on the data channel before the peers close
-    turn_error: dict[str, Any] | None = None
-
-
 class Sideband:
     """A WebSocket attached to a call (`GET /v1/realtime?call_id=`): it sees the provider's events and may send."""
 
@@ -193,23 +179,22 @@ class Sideband:
 
 
 class Call:
-    """One relayed call. It is a `LiveSession` for the registry and the session's `SessionControls`."""
+    """One relayed call, driven by the relay core; a `LiveSession` for the registry."""
 
     def __init__(
         self,
         call_id: str,
-        session: RealtimeSession,
+        relay: Relay,
         config: WebRTCConfig,
         registry: SessionRegistry,
-        hooks: HookPipeline,
         on_end: Callable[[Call], Any],
     ) -> None:
         self.id = call_id
-        self.session = session
+        self.relay = relay
+        self.session = relay.session
         self.provider_call_id: str | None = None
         self._config = config
         self._registry = registry
-        self._hooks = hooks
         self._on_end = on_end
         self._addresses = host_addresses(config.host_candidates)
         self.client_pc = RTCPeerConnection(ice_configuration(config.ice_servers))
@@ -221,15 +206,11 @@ class Call:
         self._up = MessageQueue(config.max_pending_messages, config.max_pending_bytes)
         self._down = MessageQueue(config.max_pending_messages, config.max_pending_bytes)
         self.sidebands: set[Sideband] = set()
-        self.messages_up = 0
-        self.messages_down = 0
-        self.chars_up = 0
-        self.chars_down = 0
         self._client_heard_ns = time.monotonic_ns()
+        self._upstream_heard_ns = time.monotonic_ns()
         self._upstream_open = asyncio.Event()
         self._connected = asyncio.Event()  # both peers connected
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._ending: CallEnding | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._closer: asyncio.Task[None] | None = None
         self.started = False
         self.closed = asyncio.Event()
@@ -243,7 +224,7 @@ class Call:
         pc.on("connectionstatechange", lambda: self._on_state("client", pc))
         with_audio = any(line.startswith("m=audio ") for line in offer.splitlines())
         if with_audio:
-            if not _offers_opus(offer):
+            if not offers_opus(offer):
                 raise ValueError("the offer's audio has no Opus codec; the gateway forwards Opus only")
             # Made before the offer is applied, so the answer offers Opus alone.
             pc.addTransceiver(self.to_client, direction="sendrecv").setCodecPreferences(opus_codecs())
@@ -263,7 +244,7 @@ class Call:
         self.upstream_channel = channel
         channel.on("open", self._upstream_open.set)
         channel.on("message", self._from_upstream)
-        channel.on("close", lambda: self.end_soon(CallEnding("interrupted", "upstream_channel_closed", errors.upstream_lost())))
+        channel.on("close", lambda: self.end_soon(endings.upstream_lost()))
         restrict_host_candidates(pc, self._addresses)
         tap_rtp(pc, self.to_client.push)
         await asyncio.wait_for(pc.setLocalDescription(await pc.createOffer()), self._config.ice_gather_timeout_s)
@@ -284,18 +265,22 @@ class Call:
         """Once the client has its answer: relay, supervise, and count as a live session."""
         self.started = True
         self._registry.add(self)
-        self.session.controls = self
-        self._hooks.session_started(self.session.info)
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._pump_up()), loop.create_task(self._watch())]
+        self.relay.start()
+        self._spawn(self._pump_up())
+        self._spawn(self._watch())
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- LiveSession ---
 
     def activity(self) -> int:
-        return self.messages_up + self.messages_down + self.to_upstream.ring.stats()["packets_in"] + self.to_client.ring.stats()["packets_in"]
+        return self.relay.activity + self.to_upstream.ring.stats()["packets_in"] + self.to_client.ring.stats()["packets_in"]
 
     def relayed(self) -> dict[str, int]:
-        counts = {"frames_up": self.messages_up, "frames_down": self.messages_down, "bytes_up": self.chars_up, "bytes_down": self.chars_down}
+        counts = self.relay.relayed()
         for direction, track in (("up", self.to_upstream), ("down", self.to_client)):
             stats = track.ring.stats()
             counts[f"rtp_packets_{direction}"] = stats["packets_out"]
@@ -308,17 +293,7 @@ class Call:
         return channel is not None and channel.bufferedAmount > 0
 
     def end(self, error: RealtimeError, *, upstream_code: int = errors.CLOSE_NORMAL) -> None:
-        self.end_soon(CallEnding("interrupted", error.code or error.type, client_error=error))
-
-    # --- SessionControls ---
-
-    async def refuse_started_turn(self, response_id: str, decision: Decision) -> None:
-        refusal = decision.as_error()
-        if decision.action == "disconnect":
-            self.end(refusal)
-            return
-        self._send_upstream(orjson.dumps({"type": "response.cancel", "response_id": response_id}).decode())
-        self._send_client(refusal.event())
+        self.end_soon(self.relay.stop(error, upstream_code))
 
     # --- data channels ---
 
@@ -328,7 +303,7 @@ class Call:
             return
         self.client_channel = channel
         channel.on("message", self._from_client)
-        channel.on("close", lambda: self.end_soon(CallEnding("interrupted", "client_channel_closed")))
+        channel.on("close", lambda: self.end_soon(endings.client_gone("client_channel_closed")))
         self._flush_down()
 
     def _from_client(self, message: str | bytes) -> None:
@@ -342,70 +317,87 @@ class Call:
         try:
             self._up.put(message, origin)
         except QueueFull:
-            self.end_soon(_queue_full("to the provider"))
+            self.end_soon(endings.queue_full("to the provider"))
 
     async def _pump_up(self) -> None:
-        """Client and sideband messages to the provider, in arrival order, each observed and checked first."""
+        """Client and sideband messages to the provider, in arrival order, each through the relay core first."""
         await self._upstream_open.wait()
         queue = self._up
-        observe = self.session.on_client_frame
+        from_client = self.relay.from_client
         while True:
             await queue.ready.wait()
             message, origin = queue.take()
-            if message.__class__ is not str:
-                self._reply(origin, errors.binary_frame().event())
-                continue
-            self.messages_up += 1
-            self.chars_up += len(message)
-            request = observe(message)
-            if request is not None:  # a response.create that plugins check before it is forwarded
-                decision = await self.session.check_turn(request)
-                if not decision.allowed:
-                    self.session.refuse_turn(request, decision)
-                    refusal = decision.as_error()
-                    if decision.action == "disconnect":
-                        self.end_soon(CallEnding("interrupted", decision.code or "denied", client_error=refusal))
-                        return
-                    self._reply(origin, refusal.event(request.client_event_id))
-                    continue
-            self._send_upstream(message)
+            actions = from_client(message)
+            if actions is FORWARD:
+                self._send_upstream(message)
+            elif not await self._perform(actions, origin):
+                return
 
-    def _reply(self, origin: Sideband | None, text: str) -> None:
-        if origin is None:
-            self._send_client(text)
-        else:
-            origin.offer(text)
+    async def _perform(self, actions: tuple[Action, ...], origin: Sideband | None) -> bool:
+        """Performs the relay's actions for a message from `origin` (None: the client); False once the call ends."""
+        for action in actions:
+            if isinstance(action, Check) and action.response_id is None:  # a held response.create
+                if not await self._perform(self.relay.checked(action, await self.relay.decide(action)), origin):
+                    return False
+            elif isinstance(action, Reply):
+                if origin is None:
+                    self._send_client(action.message)
+                else:
+                    origin.offer(action.message)
+            elif not self._perform_now(action):
+                return False
+        return True
 
-    def _send_upstream(self, text: str) -> None:
+    def _perform_now(self, action: Action) -> bool:
+        """An action that needs no waiting; False once the call ends."""
+        if isinstance(action, ToUpstream):
+            self._send_upstream(action.message)
+        elif isinstance(action, ToClient):
+            self._to_client(action.message)
+        elif isinstance(action, Check):  # a turn the provider started: decided beside the relay
+            self._spawn(self._check_started(action))
+        elif isinstance(action, End):
+            self.end_soon(action.ending)
+            return False
+        return True
+
+    async def _check_started(self, check: Check) -> None:
+        await self._perform(self.relay.checked(check, await self.relay.decide(check)), None)
+
+    def _send_upstream(self, message: str | bytes) -> None:
         channel = self.upstream_channel
         if channel is not None and channel.readyState == "open":
-            channel.send(text)
+            channel.send(message)
 
     def _from_upstream(self, message: str | bytes) -> None:
-        if message.__class__ is not str:  # OpenAI sends text only; anything else passes through untouched
-            self._send_client(message)
+        self._upstream_heard_ns = time.monotonic_ns()
+        actions = self.relay.from_server(message)
+        if actions is FORWARD:
+            self._to_client(message)
             return
-        self.messages_down += 1
-        self.chars_down += len(message)
-        close_after = self.session.on_server_frame(message)
+        for action in actions:
+            if not self._perform_now(action):
+                return
+
+    def _to_client(self, message: str | bytes) -> None:
+        """A provider event (or one the relay made) for the client and every sideband."""
         self._send_client(message)
-        for sideband in self.sidebands:
-            sideband.offer(message)
-        if close_after is not None:  # the provider's quota or rate limit: its error went out, then the call ends
-            self.end_soon(CallEnding("interrupted", "provider_limit"))
+        if message.__class__ is str:
+            for sideband in self.sidebands:
+                sideband.offer(message)  # type: ignore[arg-type]
 
     def _send_client(self, message: str | bytes) -> None:
         channel = self.client_channel
         if channel is not None and channel.readyState == "open" and not self._down:
             if channel.bufferedAmount > self._config.max_pending_bytes:
-                self.end_soon(CallEnding("interrupted", "client_not_reading"))
+                self.end_soon(endings.client_gone("client_not_reading"))
                 return
             channel.send(message)
             return
         try:
             self._down.put(message)
         except QueueFull:
-            self.end_soon(_queue_full("to the client"))
+            self.end_soon(endings.queue_full("to the client"))
             return
         if channel is not None:
             if channel.readyState == "open":
@@ -431,9 +423,9 @@ class Call:
     def _on_state(self, side: str, pc: RTCPeerConnection) -> None:
         if self.client_pc.connectionState == "connected" and self.upstream_pc.connectionState == "connected":
             self._connected.set()
-        if pc.connectionState in ("failed", "closed") and self._ending is None:
-            lost = errors.upstream_lost() if side == "upstream" else None
-            self.end_soon(CallEnding("interrupted" if side == "client" else "failed", f"{side}_connection_{pc.connectionState}", lost))
+        if pc.connectionState in ("failed", "closed"):
+            reason = f"{side}_connection_{pc.connectionState}"
+            self.end_soon(endings.upstream_lost(reason) if side == "upstream" else endings.client_gone(reason))
 
     async def _watch(self) -> None:
         """Ends the call when a peer never connects, or when the client falls silent longer than the grace period.
@@ -447,38 +439,39 @@ class Call:
             await asyncio.wait_for(self._connected.wait(), config.connect_timeout_s)
         except asyncio.TimeoutError:
             if self.upstream_pc.connectionState != "connected":
-                self.end_soon(CallEnding("failed", "upstream_connect_timeout", errors.upstream_unavailable(), {"type": "server_error", "code": "upstream_connect_timeout"}))
+                self.end_soon(endings.upstream_unreachable("upstream_connect_timeout"))
             else:
-                self.end_soon(CallEnding("interrupted", "client_connect_timeout"))
+                self.end_soon(endings.client_gone("client_connect_timeout"))
             return
         grace_ns = int(max(config.disconnect_grace_s, 1.0) * 1e9)
         while True:
             await asyncio.sleep(0.5)
             silent_ns = time.monotonic_ns() - self._client_heard_ns
             if silent_ns > grace_ns:
-                self.end_soon(CallEnding("interrupted", "client_disconnected"))
+                self.end_soon(endings.client_disconnected())
                 return
 
     # --- teardown ---
 
-    def end_soon(self, ending: CallEnding) -> None:
-        """Ends the call once, whoever asks first; safe from the call's own callbacks and tasks."""
-        if self._ending is not None:
+    def end_soon(self, ending: Ending) -> None:
+        """Ends the call once, whoever asks first; safe from the call's own callbacks and tasks. The open turns
+        are recorded at once; the peers close in the background."""
+        if self.relay.ended:
             return
-        self._ending = ending
+        ending = self.relay.end(ending)
         self._closer = asyncio.get_running_loop().create_task(self._close(ending))
 
     async def hang_up(self) -> None:
-        self.end_soon(CallEnding("interrupted", "hangup"))
+        self.end_soon(endings.hangup())
         await self.closed.wait()
 
-    async def _close(self, ending: CallEnding) -> None:
+    async def _close(self, ending: Ending) -> None:
         try:
             current = asyncio.current_task()
-            for task in self._tasks:
-                if task is not current:
-                    task.cancel()
-            await asyncio.gather(*(t for t in self._tasks if t is not current), return_exceptions=True)
+            tasks = [t for t in self._tasks if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if ending.client_error is not None:
                 await self._say_last(ending.client_error.event())
             for sideband in self.sidebands:
@@ -487,14 +480,12 @@ class Call:
                 sideband.finish()
             self.to_client.stop()
             self.to_upstream.stop()
-            await asyncio.gather(self.client_pc.close(), self.upstream_pc.close(), return_exceptions=True)
+            closing = asyncio.gather(self.client_pc.close(), self.upstream_pc.close(), return_exceptions=True)
+            await asyncio.wait_for(closing, _PEER_CLOSE_S)
         except Exception:
             logger.exception("call %s: closing failed", self.id)
         finally:
             self._registry.remove(self)
-            self.session.close(status=ending.turn_status, reason=ending.reason, error=ending.turn_error)
-            if self.started:
-                self._hooks.session_ended(self.session.info, ending.reason)
             logger.info("call %s ended: %s; audio up %s, down %s", self.id, ending.reason, _brief(self.to_upstream), _brief(self.to_client))
             try:
                 await self._on_end(self)
@@ -511,20 +502,6 @@ class Call:
         while channel.bufferedAmount > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)  # sent is not yet acknowledged: SCTP needs a round trip
-
-
-def _offers_opus(sdp: str) -> bool:
-    return any(line.lower().startswith("a=rtpmap:") and " opus/48000" in line.lower() for line in sdp.splitlines())
-
-
-def _queue_full(direction: str) -> CallEnding:
-    error = RealtimeError(
-        "invalid_request_error",
-        "message_queue_full",
-        f"Too many data-channel messages are waiting to be delivered {direction}; the call was ended.",
-        close_code=errors.CLOSE_POLICY,
-    )
-    return CallEnding("interrupted", "message_queue_full", error)
 
 
 def _brief(track: ForwardedAudio) -> str:

@@ -54,9 +54,8 @@ from bifrost_rt.tools.bench.procs import BenchError
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
 from bifrost_rt.tools.simulator import webrtc as sim_webrtc
 from bifrost_rt.rtc.aiortc_hooks import LOOPBACK, restrict_host_candidates
-from bifrost_rt.wire.webrtc import EVENTS_CHANNEL, opus_codecs
+from bifrost_rt.rtc.codecs import EVENTS_CHANNEL, OPUS_RATE, opus_codecs
 
-OPUS_RATE = 48_000
 FRAME_SAMPLES = 960  # 20 ms
 FRAME_S = FRAME_SAMPLES / OPUS_RATE
 TAG_BYTES = 8

@@ -35,6 +35,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
+from bifrost_rt.rtc.codecs import EVENTS_CHANNEL, OPUS_RATE
 from bifrost_rt.rtc.aiortc_hooks import host_addresses, restrict_host_candidates
 from bifrost_rt.tools.simulator.audio import SAMPLE_RATE, TONE_AMPLITUDE, TONE_HZ, encode, format_kind
 from bifrost_rt.tools.simulator.ids import new_id
@@ -43,8 +44,6 @@ from bifrost_rt.tools.simulator.session import RealtimeSession
 
 logger = logging.getLogger("bifrost_rt.simulator")
 
-EVENTS_CHANNEL = "oai-events"
-OPUS_RATE = 48_000
 FRAME_SAMPLES = 960  # 20 ms, the packet time aiortc sends
 _FRAME_BYTES = FRAME_SAMPLES * 2
 _TIME_BASE = fractions.Fraction(1, OPUS_RATE)
