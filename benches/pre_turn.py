@@ -21,7 +21,8 @@ from redis_service import RedisServer  # noqa: E402
 
 from bifrost_rt.config import Budget, KeyPolicy, RateLimits, TeamPolicy
 from bifrost_rt.policy.governance import Governance
-from bifrost_rt.state.kv import KVStore, MemoryKV, RedisKV
+from bifrost_rt.state.kv import KVStore, MemoryKV
+from bifrost_rt.state.redis_kv import RedisKV
 
 KEY = "vk_bench"
 KEYS = {

@@ -18,7 +18,8 @@ import pytest
 import redis.asyncio as redis
 
 from bifrost_rt.policy.governance import Budget, ChargeResult, Governance, KeyPolicy, RateLimits, TeamPolicy, period_bounds
-from bifrost_rt.state.kv import KVStore, KVUnavailable, MemoryKV, RedisKV
+from bifrost_rt.state.kv import KVStore, KVUnavailable, MemoryKV
+from bifrost_rt.state.redis_kv import RedisKV
 
 if TYPE_CHECKING:
     from redis_service import RedisServer
@@ -360,7 +361,7 @@ async def _admitted(gov: Governance, session_id: str) -> bool:
 _WORKER = """
 import asyncio, json, sys
 from bifrost_rt.policy.governance import Budget, ChargeResult, Governance, KeyPolicy
-from bifrost_rt.state.kv import RedisKV
+from bifrost_rt.state.redis_kv import RedisKV
 
 async def main(url, name):
     kv = RedisKV(url)

@@ -54,7 +54,7 @@ class TurnRecord:
     started_at: float  # unix seconds
     ended_at: float
     metadata: dict[str, Any] = field(default_factory=dict)
-    raw: dict[str, str] | None = None  # the request and final frames, each capped at RAW_LIMIT, when enabled
+    raw: dict[str, str | None] | None = None  # the request and final frames, each capped at RAW_LIMIT, when enabled
     object: str = "realtime.turn"
 
     def to_dict(self) -> dict[str, Any]:

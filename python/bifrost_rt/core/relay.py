@@ -60,7 +60,7 @@ class End:
 Action = ToUpstream | ToClient | Reply | Check | End
 
 
-class _Forward(tuple):  # type: ignore[type-arg]
+class _Forward(tuple):
     """An empty action list with an identity of its own (the empty tuple is a shared singleton)."""
 
 
@@ -127,7 +127,7 @@ class Relay:
         if message.__class__ is not str:
             if self._client.identity:
                 return (Reply(errors.binary_frame().event()),)
-        elif len(message) > self._quick_limit and len(message.encode()) > self._max_bytes:  # type: ignore[union-attr]
+        elif len(message) > self._quick_limit and len(message.encode()) > self._max_bytes:
             return (End(endings.frame_too_big(self._max_bytes)),)
         self.messages_up += 1
         self.chars_up += len(message)
@@ -179,7 +179,7 @@ class Relay:
         if self._identity:
             if message.__class__ is not str:  # OpenAI sends text only; anything else passes through untouched
                 return FORWARD
-            note = self.session.on_server_frame(message)  # type: ignore[arg-type]
+            note = self.session.on_server_frame(message)
             return FORWARD if note is None else self._noted((ToClient(message),), note)
         try:
             events = self._upstream.inbound(message)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -28,7 +28,9 @@ from bifrost_rt.http.error_responses import error_response, provider_error_respo
 from bifrost_rt.rtc.offers import OfferError, read_offer
 from bifrost_rt.core import ending as endings
 from bifrost_rt.core.relay import Relay
-from bifrost_rt.wire.webrtc import Call, Sideband
+
+if TYPE_CHECKING:  # aiortc loads with the first call, not with the WebSocket path
+    from bifrost_rt.wire.webrtc import Call
 
 logger = logging.getLogger("bifrost_rt.calls")
 
@@ -152,6 +154,8 @@ class CallRelay:
             session_id=session_id,
         )
         relay = Relay(session, gateway.hooks, max_message_bytes=gateway.config.realtime.max_frame_bytes)
+        from bifrost_rt.wire.webrtc import Call
+
         return Call(new_id("rtc"), relay, self.config, gateway.registry, self._ended)
 
     async def _negotiate(
@@ -253,6 +257,8 @@ class CallRelay:
             await send({"type": "websocket.close", "code": call.close_code or errors.CLOSE_PROTOCOL, "reason": call.close_reason})
             return
         await send({"type": "websocket.accept", "subprotocol": subprotocol})
+        from bifrost_rt.wire.webrtc import Sideband
+
         sideband = Sideband(send, self.config.max_pending_messages, self.config.max_pending_bytes)
         call.sidebands.add(sideband)
         pump = asyncio.get_running_loop().create_task(sideband.pump())

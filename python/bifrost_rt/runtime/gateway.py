@@ -21,7 +21,7 @@ from bifrost_rt.providers import ModelResolver, Route
 from bifrost_rt.records import TurnRecord
 from bifrost_rt.core.registry import SessionRegistry
 from bifrost_rt.core.session import RealtimeSession
-from bifrost_rt.state.kv import KVStore, MemoryKV, RedisKV
+from bifrost_rt.state.kv import KVStore, MemoryKV
 from bifrost_rt.state.turn_log import PostgresTurnStore, SpoolingStore, SQLiteTurnStore
 from bifrost_rt.tasks import stop_task
 from bifrost_rt.state.turn_writer import LogLineSink, TurnSink, TurnWriter
@@ -44,9 +44,11 @@ class Gateway:
         self.metrics = GatewayMetrics()
 
         store = config.store
-        self.kv: KVStore = (
-            RedisKV(store.redis_url.get_secret_value(), timeout_s=store.timeout_s) if store.redis_url is not None else MemoryKV()
-        )
+        self.kv: KVStore = MemoryKV()
+        if store.redis_url is not None:
+            from bifrost_rt.state.redis_kv import RedisKV  # loads the Redis client only when it is configured
+
+            self.kv = RedisKV(store.redis_url.get_secret_value(), timeout_s=store.timeout_s)
         self.governance = Governance(
             self.kv,
             {
