@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install native cargo-test pytest bench clean wheel
+.PHONY: demo test install lint cargo-test pytest bench clean wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,13 +23,22 @@ install: $(STAMP)
 demo: install
 	$(BIN)/bifrost-rt demo
 
+# The house rules, checked: import layering (import-linter), pyflakes + bugbear + import order (ruff), types in the
+# core and policy layers (mypy), and clippy on the Rust core and its bindings.
+lint: install
+	$(BIN)/lint-imports
+	$(BIN)/ruff check python tests benches
+	$(BIN)/mypy python/bifrost_rt/core python/bifrost_rt/policy
+	cargo clippy --release -q --all-targets -- -D warnings
+	cargo clippy --release -q --all-targets --features python -- -D warnings
+
 cargo-test:
 	cargo test --release -q
 
 pytest: install
 	$(BIN)/python -m pytest -q -ra
 
-test: install cargo-test pytest
+test: install lint cargo-test pytest
 
 bench: install
 	$(BIN)/python -m pytest benches -q --benchmark-only
