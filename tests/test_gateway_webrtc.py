@@ -467,3 +467,34 @@ async def test_an_unreachable_provider_is_a_502_without_its_address_or_key() -> 
         assert reply.status_code == 502 and reply.json()["error"]["code"] == "upstream_unavailable"
         assert dead_url.split("//")[1] not in reply.text and PROVIDER_KEY not in reply.text
         assert len(gateway.app.state.calls) == 0 and len(gateway.app.state.gateway.registry) == 0
+
+
+async def test_a_provider_that_falls_silent_mid_response_ends_the_call(simulator_server: ServerThread) -> None:
+    sink = CapturingSink()
+    with _gateway(simulator_server, sink, webrtc={"upstream_silence_s": 1.5}) as gateway:
+        async with call(gateway, key=VIRTUAL_KEY, path=MODEL_PATH, session=TEXT_ONLY) as (caller, call_id):
+            relayed = gateway.app.state.calls.get(call_id)
+            caller.send("response.create", response={"metadata": {"sim.fault": "stall"}})  # a response that stays open
+            await caller.until("response.created")
+            # From now on nothing the provider sends reaches the gateway, as when its host dies.
+            for protocol in relayed.upstream_pc.sctp.transport.transport.iceGatherer._connection._protocols:
+                protocol.datagram_received = lambda data, addr: None
+            events = await caller.until("error")
+            assert events[-1]["error"]["code"] == "upstream_connection_lost"
+            await asyncio.wait_for(caller.channel_closed.wait(), TIMEOUT_S)
+        record = await wait_for_record(sink, lambda r: r.session_id == relayed.session.id)
+        assert (record.status, record.status_reason, record.error["code"]) == ("failed", "upstream_silent", "upstream_connection_lost")
+
+
+async def test_the_provider_closing_its_channel_mid_response_fails_the_turn(simulator_server: ServerThread) -> None:
+    sink = CapturingSink()
+    with _gateway(simulator_server, sink) as gateway:
+        async with call(gateway, key=VIRTUAL_KEY, path=MODEL_PATH, session=TEXT_ONLY) as (caller, call_id):
+            relayed = gateway.app.state.calls.get(call_id)
+            caller.send("response.create", response={"metadata": {"sim.fault": "stall"}})
+            await caller.until("response.created")
+            relayed.upstream_channel.close()  # what the gateway sees when the provider closes its side
+            events = await caller.until("error")
+            assert events[-1]["error"]["code"] == "upstream_connection_lost"
+        record = await wait_for_record(sink, lambda r: r.session_id == relayed.session.id)
+        assert (record.status, record.error["code"]) == ("failed", "upstream_connection_lost")

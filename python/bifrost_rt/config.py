@@ -176,6 +176,9 @@ class WebRTCConfig(_Strict):
     upstream_timeout_s: float = Field(10.0, gt=0, description="the provider's SDP answer must arrive within this")
     connect_timeout_s: float = Field(15.0, gt=0, description="both peers must connect within this after the answer")
     disconnect_grace_s: float = Field(5.0, ge=0, description="a peer that disconnects may come back within this")
+    upstream_silence_s: float = Field(
+        10.0, ge=0, description="0 disables; a provider that sends no audio and no event this long mid-response is gone"
+    )
     max_calls: int = Field(200, ge=1, description="concurrent calls per process; more are refused (429)")
     max_calls_per_key: int | None = Field(None, ge=1, description="concurrent calls per virtual key in this process")
     max_pending_messages: int = Field(1000, ge=1, description="data-channel messages queued per direction before the call ends")

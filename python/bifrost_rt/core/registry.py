@@ -36,6 +36,9 @@ class LiveSession(Protocol):
     def end(self, error: RealtimeError, *, upstream_code: int = errors.CLOSE_NORMAL) -> None:
         """Tell the client why (error event + close), close upstream, finalise turns."""
 
+    def watch(self, now: float) -> None:
+        """The transport's own liveness checks, once per supervisor tick."""
+
 
 class _Watch:
     __slots__ = ("activity", "idle_since", "blocked_since")
@@ -118,6 +121,8 @@ class SessionRegistry:
             elif watch.blocked_since is not None and now - watch.blocked_since >= limits.write_timeout_s:
                 logger.warning("session %s: client accepted no data for %.0f s; dropping it", live.session.id, now - watch.blocked_since)
                 live.end(errors.RealtimeError("server_error", "client_write_timeout", "The client stopped reading.", close_code=errors.CLOSE_POLICY))
+            else:
+                live.watch(now)
 
     async def drain(self, timeout: float) -> None:
         """Refuse new sessions, let open turns finish for up to `timeout`, then end every session with 1001."""

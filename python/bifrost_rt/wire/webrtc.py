@@ -267,7 +267,7 @@ class Call:
         self._registry.add(self)
         self.relay.start()
         self._spawn(self._pump_up())
-        self._spawn(self._watch())
+        self._spawn(self._await_connected())
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -427,29 +427,35 @@ class Call:
             reason = f"{side}_connection_{pc.connectionState}"
             self.end_soon(endings.upstream_lost(reason) if side == "upstream" else endings.client_gone(reason))
 
-    async def _watch(self) -> None:
-        """Ends the call when a peer never connects, or when the client falls silent longer than the grace period.
-
-        aiortc reports a lost peer only once ICE consent has failed for about 30 s. Browsers send STUN checks every
-        few seconds besides their audio, so a client that sent nothing for `disconnect_grace_s` is gone; one that
-        comes back within it (a brief network drop) keeps its call.
-        """
-        config = self._config
+    async def _await_connected(self) -> None:
+        """Ends the call when a peer does not connect within `connect_timeout_s`."""
         try:
-            await asyncio.wait_for(self._connected.wait(), config.connect_timeout_s)
+            await asyncio.wait_for(self._connected.wait(), self._config.connect_timeout_s)
         except asyncio.TimeoutError:
             if self.upstream_pc.connectionState != "connected":
                 self.end_soon(endings.upstream_unreachable("upstream_connect_timeout"))
             else:
                 self.end_soon(endings.client_gone("client_connect_timeout"))
+
+    def watch(self, now: float) -> None:
+        """The supervisor's tick: ends a call whose client, or whose provider mid-response, fell silent.
+
+        aiortc reports a lost peer only once ICE consent has failed for about 30 s. Browsers send STUN checks every
+        few seconds besides their audio, so a client that sent nothing for `disconnect_grace_s` is gone; one that
+        comes back within it (a brief network drop) keeps its call. A provider owes nothing between responses, but
+        one that sends neither audio nor events while a response is open for `upstream_silence_s` is gone too.
+        """
+        if not self._connected.is_set():
             return
-        grace_ns = int(max(config.disconnect_grace_s, 1.0) * 1e9)
-        while True:
-            await asyncio.sleep(0.5)
-            silent_ns = time.monotonic_ns() - self._client_heard_ns
-            if silent_ns > grace_ns:
-                self.end_soon(endings.client_disconnected())
-                return
+        config = self._config
+        now_ns = time.monotonic_ns()
+        if now_ns - self._client_heard_ns > max(config.disconnect_grace_s, 1.0) * 1e9:
+            self.end_soon(endings.client_disconnected())
+            return
+        heard_ns = max(self._upstream_heard_ns, self.to_client.last_arrival_ns)
+        if config.upstream_silence_s and self.session.open_turns and now_ns - heard_ns > config.upstream_silence_s * 1e9:
+            logger.warning("call %s: the provider sent nothing for %.0f s mid-response", self.id, (now_ns - heard_ns) / 1e9)
+            self.end_soon(endings.upstream_lost("upstream_silent"))
 
     # --- teardown ---
 

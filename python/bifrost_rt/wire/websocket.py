@@ -105,6 +105,9 @@ class WebSocketRelay:
     def end(self, error: RealtimeError, *, upstream_code: int = errors.CLOSE_NORMAL) -> None:
         self._finish(self.relay.stop(error, upstream_code))
 
+    def watch(self, now: float) -> None:
+        """Heartbeats are uvicorn's (ping/pong) and the provider socket's own keepalive: nothing more to check."""
+
     # ---- running -------------------------------------------------------------------------------
 
     async def run(self) -> None:
