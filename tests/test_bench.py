@@ -95,7 +95,7 @@ def test_quick_webrtc_bench_writes_a_complete_report(tmp_path, capsys):
 
     # Setup: both targets answered and created sessions; only the gateway's CPU is read.
     setups = {r["target"]: r for r in report["setup"]}
-    for target, setup in setups.items():
+    for setup in setups.values():
         assert setup["calls"] == report["params"]["setup_calls"]
         assert 0 < setup["answered_ms"]["p50"] < setup["created_ms"]["p50"]
     assert setups["gateway"]["gateway_cpu_ms_per_call"] > 0

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import websockets
 from conftest import VIRTUAL_KEY, CapturingSink, gateway_config
-from rtc_client import TIMEOUT_S, Caller, call
+from rtc_client import TIMEOUT_S, call
 
 from bifrost_rt.config import parse_config
 from bifrost_rt.policy.hooks import Decision, Plugin
