@@ -243,7 +243,7 @@ class CorsConfig(_Strict):
 
 
 class PluginConfig(_Strict):
-    use: str = Field(description="import path, package.module:ClassName (a bifrost_rt.hooks.Plugin)")
+    use: str = Field(description="import path, package.module:ClassName (a bifrost_rt.plugins.Plugin)")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the class")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from bifrost_rt.policy.hooks import Decision, Plugin, TurnRequest
+from bifrost_rt.plugins import Decision, Plugin, TurnRequest
 
 
 class WordListGuardrail(Plugin):

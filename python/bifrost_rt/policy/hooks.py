@@ -111,7 +111,7 @@ def load_plugin(import_path: str, options: dict[str, Any]) -> Plugin:
     factory = getattr(importlib.import_module(module_name), attribute)
     plugin = factory(**options)
     if not isinstance(plugin, Plugin):
-        raise TypeError(f"plugin {import_path!r} does not subclass bifrost_rt.hooks.Plugin")
+        raise TypeError(f"plugin {import_path!r} does not subclass bifrost_rt.plugins.Plugin")
     return plugin
 
 
