@@ -1,0 +1,102 @@
+"""The shared store: PostgreSQL through an asyncpg pool."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from bifrost_rt.state.turn_log.schema import INSERT, SCHEMA_VERSION_DDL, migrations
+from bifrost_rt.state.turn_log.sql import SqlTurnStore
+from bifrost_rt.state.turn_log.store import StoreUnavailable
+
+# SQLSTATE classes a retry can outlive: connection exception, transaction rollback, insufficient resources,
+# operator intervention (shutdown, startup), system error.
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+# Any constant shared by every gateway process; it serialises their migrations.
+_MIGRATION_LOCK = 0x62_69_66_72_6F_73_74  # "bifrost"
+
+
+def _numbered(sql: str) -> str:
+    """`?` placeholders → PostgreSQL's `$1, $2, …` (the shared SQL holds no other `?`)."""
+    parts = sql.split("?")
+    return "".join(f"{part}${index}" for index, part in enumerate(parts[:-1], 1)) + parts[-1]
+
+
+class PostgresTurnStore(SqlTurnStore):
+    """PostgreSQL through an asyncpg pool; JSON columns are JSONB."""
+
+    def __init__(
+        self, dsn: str, *, pool_size: int = 4, connect_timeout_s: float = 5.0, command_timeout_s: float = 30.0
+    ) -> None:
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._connect_timeout_s = connect_timeout_s
+        self._command_timeout_s = command_timeout_s
+        self._pool: asyncpg.Pool | None = None
+        self._insert_sql = _numbered(INSERT)
+
+    async def start(self) -> None:
+        if self._pool is not None:
+            return
+        pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=0,  # no background reconnect loop during an outage; migrating below connects now
+            max_size=self._pool_size,
+            timeout=self._connect_timeout_s,
+            command_timeout=self._command_timeout_s,
+        )
+        try:
+            async with pool.acquire() as connection:
+                await self._migrate(connection)
+        except BaseException:
+            pool.terminate()
+            raise
+        self._pool = pool
+
+    @staticmethod
+    async def _migrate(connection: asyncpg.Connection) -> None:
+        async with connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await connection.execute(SCHEMA_VERSION_DDL)
+            current = await connection.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            for version, statements in migrations("JSONB"):
+                if version > current:
+                    for statement in statements:
+                        await connection.execute(statement)
+                    await connection.execute(
+                        "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)", version, time.time()
+                    )
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), self._command_timeout_s)
+            except asyncio.TimeoutError:
+                pool.terminate()
+
+    def is_transient(self, error: BaseException) -> bool:
+        if isinstance(error, (StoreUnavailable, OSError, asyncio.TimeoutError)):
+            return True
+        if isinstance(error, asyncpg.PostgresError):
+            return (error.sqlstate or "")[:2] in _TRANSIENT_SQLSTATE_CLASSES
+        # asyncpg reports closed connections and pools as InterfaceError; a value it cannot encode is also a
+        # ValueError, and retrying that would never succeed.
+        return isinstance(error, asyncpg.InterfaceError) and not isinstance(error, ValueError)
+
+    def _require_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreUnavailable("the PostgreSQL turn store is not started")
+        return self._pool
+
+    async def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+        async with self._require_pool().acquire() as connection:
+            await connection.executemany(self._insert_sql, rows)  # atomic in asyncpg
+
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+        async with self._require_pool().acquire() as connection:
+            return await connection.fetch(_numbered(sql), *params)
