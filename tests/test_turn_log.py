@@ -21,7 +21,15 @@ from services import PostgresServer, free_port, postgres_dsn, postgres_server  #
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from bifrost_rt.state.turn_log import PostgresTurnStore, SpoolingStore, SQLiteTurnStore, StoreUnavailable, TurnLogStore
+from bifrost_rt.state.turn_log import (
+    PostgresTurnStore,
+    SpoolingStore,
+    SQLiteTurnStore,
+    StoreUnavailable,
+    TurnLogStore,
+    TurnQuery,
+    condition,
+)
 from bifrost_rt.http.logs_api import LogsApi
 from bifrost_rt.records import TurnRecord
 from bifrost_rt.state.turn_writer import TurnWriter
@@ -251,6 +259,31 @@ async def test_query_filters_combine_and_default_to_newest_first(store: TurnLogS
     # since is inclusive, until exclusive
     assert await query_ids(since=BASE + 2, until=BASE + 4) == (["turn_00003", "turn_00002"], 2)
     assert await query_ids(principal="team-c") == ([], 0)
+
+
+async def test_a_filter_is_one_turn_query_field_every_store_passes_through(store_kind: StoreKind, tmp_path: Path) -> None:
+    @dataclass(frozen=True, kw_only=True)
+    class ByProvider(TurnQuery):
+        provider: str | None = condition("provider = ?")
+
+    inner = store_kind.make()
+    spooled = SpoolingStore(inner, tmp_path / "turns.jsonl")
+    await spooled.start()
+    try:
+        azure = [record(2), record(3)]
+        for turn in azure:
+            turn.provider = "azure"
+        await spooled.write([record(1), *azure])
+        for store in (inner, spooled):
+            rows, total = await store.find(ByProvider(provider="azure"))
+            assert (ids(rows), total) == (["turn_00003", "turn_00002"], 2)
+            rows, total = await store.find(ByProvider(provider="azure", until=BASE + 3), order="asc")
+            assert (ids(rows), total) == (["turn_00002"], 1)
+            assert (await store.query(since=BASE + 2, limit=1))[1] == 2
+            with pytest.raises(TypeError):
+                await store.query(virtual_key="team-a")  # the API's name for principal is not a filter
+    finally:
+        await spooled.close()
 
 
 async def test_nul_characters_are_kept_as_replacement_characters(store: TurnLogStore) -> None:

@@ -14,7 +14,7 @@ from bifrost_rt.state.turn_log.schema import COLUMNS, JSON_COLUMNS, TABLE, Row, 
 from bifrost_rt.state.turn_log.spool import SpoolingStore
 from bifrost_rt.state.turn_log.sql import SqlTurnStore
 from bifrost_rt.state.turn_log.sqlite import SQLiteTurnStore
-from bifrost_rt.state.turn_log.store import ORDERS, StoreUnavailable, TurnLogStore
+from bifrost_rt.state.turn_log.store import ORDERS, StoreUnavailable, TurnLogStore, TurnQuery, condition
 
 __all__ = [
     "COLUMNS",
@@ -28,6 +28,8 @@ __all__ = [
     "SqlTurnStore",
     "StoreUnavailable",
     "TurnLogStore",
+    "TurnQuery",
+    "condition",
     "iso",
     "migrations",
     "total_tokens",

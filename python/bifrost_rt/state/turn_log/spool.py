@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 
 from bifrost_rt.state.turn_log.schema import Row
-from bifrost_rt.state.turn_log.store import TurnLogStore
+from bifrost_rt.state.turn_log.store import TurnLogStore, TurnQuery
 
 logger = logging.getLogger("bifrost_rt.turn_log")
 # Records no store can take end up where TurnWriter puts them: one JSON line each on the turns logger.
@@ -282,20 +282,7 @@ class SpoolingStore(TurnLogStore):
     async def session_summary(self, session_id: str) -> Row | None:
         return await self.store.session_summary(session_id)
 
-    async def query(
-        self,
-        *,
-        principal: str | None = None,
-        key_id: str | None = None,
-        model: str | None = None,
-        status: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        order: str = "desc",
+    async def find(
+        self, filters: TurnQuery, *, limit: int = 100, offset: int = 0, order: str = "desc"
     ) -> tuple[list[Row], int]:
-        return await self.store.query(
-            principal=principal, key_id=key_id, model=model, status=status,
-            since=since, until=until, limit=limit, offset=offset, order=order,
-        )  # fmt: skip
+        return await self.store.find(filters, limit=limit, offset=offset, order=order)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bifrost_rt.state.turn_log.schema import SELECT, TABLE, Row, from_row, iso, to_params
-from bifrost_rt.state.turn_log.store import ORDERS, StoreUnavailable, TurnLogStore
+from bifrost_rt.state.turn_log.store import ORDERS, StoreUnavailable, TurnLogStore, TurnQuery
 
 
 def _direction(order: str) -> str:
@@ -78,29 +78,9 @@ class SqlTurnStore(TurnLogStore):
             "duration_ms": round(max(0.0, latest_at - started_at) * 1000, 3),
         }
 
-    async def query(
-        self,
-        *,
-        principal: str | None = None,
-        key_id: str | None = None,
-        model: str | None = None,
-        status: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        order: str = "desc",
+    async def find(
+        self, filters: TurnQuery, *, limit: int = 100, offset: int = 0, order: str = "desc"
     ) -> tuple[list[Row], int]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, value in (("principal", principal), ("key_id", key_id), ("model", model), ("status", status)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if since is not None:
-            clauses.append("started_at >= ?")
-            params.append(float(since))
-        if until is not None:
-            clauses.append("started_at < ?")
-            params.append(float(until))
-        return await self._page(" AND ".join(clauses) or "1 = 1", params, limit, offset, order)
+        conditions = filters.conditions()
+        where = " AND ".join(sql for sql, _ in conditions) or "1 = 1"
+        return await self._page(where, [value for _, value in conditions], limit, offset, order)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from bifrost_rt.records import TurnRecord
 from bifrost_rt.state.turn_log.schema import Row
@@ -12,6 +15,33 @@ ORDERS = ("asc", "desc")
 
 class StoreUnavailable(Exception):
     """The store cannot be reached (not started, connection lost, database locked); a retry may succeed."""
+
+
+def condition(sql: str, convert: Callable[[Any], Any] | None = None) -> Any:
+    """A TurnQuery filter: absent by default, its SQL condition with `?` for the value."""
+    return field(default=None, metadata={"sql": sql, "convert": convert})
+
+
+@dataclass(frozen=True, kw_only=True)
+class TurnQuery:
+    """The filters of `query()`, each with its SQL condition: a new filter is a field here and nothing else."""
+
+    principal: str | None = condition("principal = ?")
+    key_id: str | None = condition("key_id = ?")
+    model: str | None = condition("model = ?")
+    status: str | None = condition("status = ?")
+    since: float | None = condition("started_at >= ?", float)  # inclusive
+    until: float | None = condition("started_at < ?", float)  # exclusive
+
+    def conditions(self) -> list[tuple[str, Any]]:
+        """(SQL condition, value) for every filter given."""
+        found = []
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if value is not None:
+                convert = spec.metadata["convert"]
+                found.append((spec.metadata["sql"], value if convert is None else convert(value)))
+        return found
 
 
 class TurnLogStore(abc.ABC):
@@ -45,18 +75,14 @@ class TurnLogStore(abc.ABC):
     async def session_summary(self, session_id: str) -> Row | None:
         """Totals over a session group; None when it has no turns."""
 
-    @abc.abstractmethod
     async def query(
-        self,
-        *,
-        principal: str | None = None,
-        key_id: str | None = None,
-        model: str | None = None,
-        status: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        order: str = "desc",
+        self, *, limit: int = 100, offset: int = 0, order: str = "desc", **filters: Any
     ) -> tuple[list[Row], int]:
-        """One page of the turns matching every given filter (`since` inclusive, `until` exclusive), and their count."""
+        """`find` with the filters given by name (TurnQuery's fields; an unknown name is a TypeError)."""
+        return await self.find(TurnQuery(**filters), limit=limit, offset=offset, order=order)
+
+    @abc.abstractmethod
+    async def find(
+        self, filters: TurnQuery, *, limit: int = 100, offset: int = 0, order: str = "desc"
+    ) -> tuple[list[Row], int]:
+        """One page of the turns matching every filter, newest first by default, and their count."""
