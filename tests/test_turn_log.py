@@ -30,6 +30,7 @@ from bifrost_rt.state.turn_log import (
     TurnQuery,
     condition,
 )
+from bifrost_rt.state.turn_log import schema
 from bifrost_rt.http.logs_api import LogsApi
 from bifrost_rt.records import TurnRecord
 from bifrost_rt.state.turn_writer import TurnWriter
@@ -308,6 +309,77 @@ async def test_migrations_apply_once_and_data_survives_a_restart(store_kind: Sto
     assert [version for version, _ in await store_kind.fetch("SELECT version, applied_at FROM schema_version")] == [1]
     if store_kind.name == "sqlite":
         assert await store_kind.fetch("PRAGMA journal_mode") == [("wal",)]
+
+
+# A second migration that `;` outside a statement's end must not cut: in comments, strings, a body.
+TRICKY_MIGRATION = """\
+-- A note; the script goes on.
+CREATE TABLE migration_notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, extra {json}); /* and on; */
+INSERT INTO migration_notes (id, body) VALUES (1, 'semi;colon'), (2, 'it''s; "quoted"');
+"""
+TRICKY_BODY = {
+    "sqlite": """\
+CREATE TRIGGER migration_notes_stamp AFTER INSERT ON migration_notes WHEN NEW.id > 2 BEGIN
+    UPDATE migration_notes SET body = body || ';' WHERE id = NEW.id;
+END;
+INSERT INTO migration_notes (id, body) VALUES (3, 'x')
+""",
+    "postgres": """\
+CREATE FUNCTION migration_notes_stamp() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+    NEW.body := NEW.body || ';';
+    RETURN NEW;
+END;
+$body$;
+CREATE TRIGGER migration_notes_stamp BEFORE INSERT ON migration_notes FOR EACH ROW WHEN (NEW.id > 2)
+    EXECUTE FUNCTION migration_notes_stamp();
+INSERT INTO migration_notes (id, body) VALUES (3, 'x')
+""",
+}
+
+
+@pytest.fixture
+def migrations_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A copy of the package's migrations that a test may add to."""
+    directory = tmp_path / "migrations"
+    directory.mkdir()
+    for entry in schema.MIGRATIONS.iterdir():
+        (directory / entry.name).write_text(entry.read_text("utf-8"), "utf-8")
+    monkeypatch.setattr(schema, "MIGRATIONS", directory)
+    return directory
+
+
+async def test_a_semicolon_inside_a_statement_does_not_split_a_migration(store_kind: StoreKind, migrations_dir: Path) -> None:
+    (migrations_dir / "0002_tricky.sql").write_text(TRICKY_MIGRATION + TRICKY_BODY[store_kind.name], "utf-8")
+    store = store_kind.make()
+    await store.start()
+    await store.close()
+    assert await store_kind.fetch("SELECT id, body FROM migration_notes ORDER BY id") == [
+        (1, "semi;colon"),
+        (2, 'it\'s; "quoted"'),
+        (3, "x;"),
+    ]
+    assert [version for (version,) in await store_kind.fetch("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+
+
+async def test_a_failing_migration_leaves_nothing_behind(store_kind: StoreKind, migrations_dir: Path) -> None:
+    (migrations_dir / "0002_broken.sql").write_text(
+        "CREATE TABLE migration_notes (id INTEGER PRIMARY KEY);\nINSERT INTO no_such_table VALUES (1);\n", "utf-8"
+    )
+    store = store_kind.make()
+    with pytest.raises((sqlite3.Error, asyncpg.PostgresError)):
+        await store.start()
+    await store.close()
+    tables = {
+        "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table'",
+        "postgres": "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+    }[store_kind.name]
+    assert await store_kind.fetch(tables) == []  # 0001 and schema_version rolled back with 0002
+    (migrations_dir / "0002_broken.sql").unlink()
+    again = store_kind.make()
+    await again.start()  # nothing half-applied is in the way
+    await again.close()
+    assert await store_kind.fetch("SELECT version FROM schema_version") == [(1,)]
 
 
 # Spilling and replay ---------------------------------------------------------------------------------------

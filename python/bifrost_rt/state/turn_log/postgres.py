@@ -63,10 +63,12 @@ class PostgresTurnStore(SqlTurnStore):
             await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             await connection.execute(SCHEMA_VERSION_DDL)
             current = await connection.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-            for version, statements in migrations("JSONB"):
+            for version, script in migrations("JSONB"):
                 if version > current:
-                    for statement in statements:
-                        await connection.execute(statement)
+                    # Whole: execute() without arguments is the simple-query protocol, so the server's parser
+                    # splits the script (quotes, comments, dollar-quoted bodies) and every statement joins the
+                    # transaction above, with the schema_version row.
+                    await connection.execute(script)
                     await connection.execute(
                         "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)", version, time.time()
                     )

@@ -36,23 +36,14 @@ SELECT = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}"
 MIGRATIONS = resources.files(__package__).joinpath("migrations")
 
 
-def migrations(json_type: str) -> list[tuple[int, list[str]]]:
-    """(version, statements) for every `migrations/NNNN_name.sql`, in version order."""
+def migrations(json_type: str) -> list[tuple[int, str]]:
+    """(version, script) for every `migrations/NNNN_name.sql`, in version order; each store runs a script its
+    own way, so that the database's own parser decides where its statements end."""
     found = []
     for entry in MIGRATIONS.iterdir():
         if entry.name.endswith(".sql"):
-            script = entry.read_text("utf-8").replace("{json}", json_type)
-            found.append((int(entry.name.split("_", 1)[0]), _statements(script)))
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text("utf-8").replace("{json}", json_type)))
     return sorted(found)
-
-
-def _statements(script: str) -> list[str]:
-    statements = []
-    for chunk in script.split(";"):
-        code = "\n".join(line for line in chunk.splitlines() if not line.lstrip().startswith("--")).strip()
-        if code:
-            statements.append(code)
-    return statements
 
 
 def iso(unix: float | None) -> str | None:

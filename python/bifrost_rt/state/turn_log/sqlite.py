@@ -18,6 +18,20 @@ from bifrost_rt.state.turn_log.store import StoreUnavailable
 T = TypeVar("T")
 
 
+def statements(script: str) -> list[str]:
+    """The statements of a script, cut where SQLite's own tokenizer (sqlite3.complete_statement) sees one end,
+    so a `;` in a string, a quoted name, a comment or a trigger body stays inside its statement."""
+    found = []
+    start = 0
+    for end in (index + 1 for index, char in enumerate(script) if char == ";"):
+        if sqlite3.complete_statement(script[start:end]):
+            found.append(script[start:end].strip())
+            start = end
+    if script[start:].strip():  # a last statement without `;`, or only comments (which run as nothing)
+        found.append(script[start:].strip())
+    return found
+
+
 class SQLiteTurnStore(SqlTurnStore):
     """The embedded store: one database file in WAL mode, so reads never wait for the writer.
 
@@ -76,9 +90,11 @@ class SQLiteTurnStore(SqlTurnStore):
     def _migrate(connection: sqlite3.Connection) -> None:
         connection.execute(SCHEMA_VERSION_DDL)
         (current,) = connection.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
-        for version, statements in migrations("TEXT"):
+        for version, script in migrations("TEXT"):
             if version > current:
-                for statement in statements:
+                # Statement by statement: executescript() would first COMMIT the BEGIN IMMEDIATE around us, so a
+                # failing migration could leave part of its DDL applied and unrecorded in schema_version.
+                for statement in statements(script):
                     connection.execute(statement)
                 connection.execute(
                     "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, time.time())
