@@ -30,7 +30,7 @@ from bifrost_rt.state.turn_log import (
     TurnQuery,
     condition,
 )
-from bifrost_rt.state.turn_log import schema
+from bifrost_rt.state.turn_log import postgres, schema
 from bifrost_rt.http.logs_api import LogsApi
 from bifrost_rt.records import TurnRecord
 from bifrost_rt.state.turn_writer import TurnWriter
@@ -309,6 +309,40 @@ async def test_migrations_apply_once_and_data_survives_a_restart(store_kind: Sto
     assert [version for version, _ in await store_kind.fetch("SELECT version, applied_at FROM schema_version")] == [1]
     if store_kind.name == "sqlite":
         assert await store_kind.fetch("PRAGMA journal_mode") == [("wal",)]
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("a = ? AND b = ?", "a = $1 AND b = $2"),
+        ("a = 'what?' AND b = 'it''s?' AND c = ?", "a = 'what?' AND b = 'it''s?' AND c = $1"),
+        ("a = E'it\\'s?' AND b = 'back\\' AND c = ?", "a = E'it\\'s?' AND b = 'back\\' AND c = $1"),
+        ('"odd?name" = ? -- why?\n/* a /* nested? */ comment? */ AND b = ?', '"odd?name" = $1 -- why?\n/* a /* nested? */ comment? */ AND b = $2'),
+        ("$$?$$ = ? AND $q$ ?$$? $q$ = ?", "$$?$$ = $1 AND $q$ ?$$? $q$ = $2"),
+        ("m ?? 'k' AND m ?| ARRAY['k'] AND m ?& ARRAY['k'] AND n = ?", "m ? 'k' AND m ?| ARRAY['k'] AND m ?& ARRAY['k'] AND n = $1"),
+    ],
+)
+def test_postgres_placeholders_are_numbered_outside_literals(sql: str, expected: str) -> None:
+    assert postgres.numbered(sql) == expected
+
+
+async def test_postgres_queries_can_use_jsonb_operators_and_literals_with_question_marks(postgres_dsn: str) -> None:  # noqa: F811
+    store = PostgresTurnStore(postgres_dsn)
+    await store.start()
+    try:
+        unpriced = record(2)
+        unpriced.metadata = {"voice": "alloy"}
+        await store.write([record(1), unpriced, record(3, model="what?")])
+        sql = (
+            "SELECT id, 'why?' FROM realtime_turns WHERE metadata ?? 'voice' AND metadata ?| ARRAY['priced', 'none'] "
+            "AND metadata ?& ARRAY['voice', 'priced'] AND model <> 'what?' AND model = ? -- which model?\n"
+            "AND id <> E'it\\'s?' AND id <> $q$?$q$ AND started_at >= ? ORDER BY id"
+        )
+        rows = await store._fetch(sql, ["gpt-realtime", BASE])
+        assert [tuple(row) for row in rows] == [("turn_00001", "why?")]
+        assert await store._fetch("SELECT id FROM realtime_turns WHERE metadata ?? ?", ["nothing"]) == []
+    finally:
+        await store.close()
 
 
 # A second migration that `;` outside a statement's end must not cut: in comments, strings, a body.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -20,10 +22,86 @@ _TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
 _MIGRATION_LOCK = 0x62_69_66_72_6F_73_74  # "bifrost"
 
 
-def _numbered(sql: str) -> str:
-    """`?` placeholders → PostgreSQL's `$1, $2, …` (the shared SQL holds no other `?`)."""
-    parts = sql.split("?")
-    return "".join(f"{part}${index}" for index, part in enumerate(parts[:-1], 1)) + parts[-1]
+# A dollar-quote opener: `$$` or `$tag$` (a tag never starts with a digit, so `$1` is not one).
+_DOLLAR_QUOTE = re.compile(r"\$(?:[^\W\d]\w*)?\$")
+
+
+def _skip(sql: str, start: int) -> int:
+    """The end of the string, quoted name, comment or dollar-quoted text starting at `start`, else `start`.
+    An unterminated one runs to the end of the text (the server then reports it)."""
+    char, pair = sql[start], sql[start : start + 2]
+    if char in "'\"":
+        # E'...' strings take backslash escapes; elsewhere a quote is escaped by doubling it.
+        escapes = char == "'" and sql[start - 1 : start] in ("E", "e") and not _word(sql, start - 2)
+        index = start + 1
+        while index < len(sql):
+            if escapes and sql[index] == "\\":
+                index += 2
+            elif sql[index] == char:
+                if sql[index + 1 : index + 2] != char:
+                    return index + 1
+                index += 2
+            else:
+                index += 1
+        return len(sql)
+    if pair == "--":
+        end = sql.find("\n", start)
+        return len(sql) if end < 0 else end
+    if pair == "/*":  # block comments nest in PostgreSQL
+        depth, index = 0, start
+        while index < len(sql):
+            if sql.startswith("/*", index):
+                depth, index = depth + 1, index + 2
+            elif sql.startswith("*/", index):
+                depth, index = depth - 1, index + 2
+                if not depth:
+                    return index
+            else:
+                index += 1
+        return len(sql)
+    if char == "$" and not _word(sql, start - 1):
+        opener = _DOLLAR_QUOTE.match(sql, start)
+        if opener:
+            end = sql.find(opener.group(), opener.end())
+            return len(sql) if end < 0 else end + len(opener.group())
+    return start
+
+
+def _word(sql: str, index: int) -> bool:
+    return index >= 0 and (sql[index].isalnum() or sql[index] in "_$")
+
+
+@functools.lru_cache(maxsize=256)
+def numbered(sql: str) -> str:
+    """`?` placeholders → PostgreSQL's `$1, $2, …`, outside strings, quoted names and comments.
+
+    The jsonb operators stay writable: `?|` and `?&` are kept as they are, and `??` stands for a literal `?`
+    (so `metadata ?? 'voice'` is jsonb's key-exists). A placeholder is therefore never directly followed by
+    `?`, `|` or `&`; write `? || x` with a space.
+    """
+    out: list[str] = []
+    count = 0
+    index = 0
+    while index < len(sql):
+        char, after = sql[index], sql[index + 1 : index + 2]
+        if char == "?":
+            if after in ("|", "&"):
+                out.append(char + after)
+                index += 2
+            elif after == "?":
+                out.append("?")
+                index += 2
+            else:
+                count += 1
+                out.append(f"${count}")
+                index += 1
+            continue
+        end = _skip(sql, index)
+        if end == index:
+            end += 1
+        out.append(sql[index:end])
+        index = end
+    return "".join(out)
 
 
 class PostgresTurnStore(SqlTurnStore):
@@ -37,7 +115,7 @@ class PostgresTurnStore(SqlTurnStore):
         self._connect_timeout_s = connect_timeout_s
         self._command_timeout_s = command_timeout_s
         self._pool: asyncpg.Pool | None = None
-        self._insert_sql = _numbered(INSERT)
+        self._insert_sql = numbered(INSERT)
 
     async def start(self) -> None:
         if self._pool is not None:
@@ -101,4 +179,4 @@ class PostgresTurnStore(SqlTurnStore):
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
         async with self._require_pool().acquire() as connection:
-            return await connection.fetch(_numbered(sql), *params)
+            return await connection.fetch(numbered(sql), *params)
