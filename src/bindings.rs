@@ -538,6 +538,7 @@ impl Usage {
         output_text_tokens = 0,
         output_audio_tokens = 0
     ))]
+    // Each argument is one keyword of the Python constructor (`*` above); a struct would not be Pythonic.
     #[allow(clippy::too_many_arguments)]
     fn new(
         input_tokens: i64,
@@ -738,6 +739,7 @@ impl Prices {
         output_audio = 0.0,
         per_minute = 0.0
     ))]
+    // Each argument is one keyword of the Python constructor (`*` above); a struct would not be Pythonic.
     #[allow(clippy::too_many_arguments)]
     fn new(
         input_text: f64,

@@ -21,7 +21,16 @@ from services import PostgresServer, free_port, postgres_dsn, postgres_server  #
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from bifrost_rt.state.turn_log import PostgresTurnStore, SpoolingStore, SQLiteTurnStore, StoreUnavailable, TurnLogStore
+from bifrost_rt.state.turn_log import (
+    PostgresTurnStore,
+    SpoolingStore,
+    SQLiteTurnStore,
+    StoreUnavailable,
+    TurnLogStore,
+    TurnQuery,
+    condition,
+)
+from bifrost_rt.state.turn_log import postgres, schema
 from bifrost_rt.http.logs_api import LogsApi
 from bifrost_rt.records import TurnRecord
 from bifrost_rt.state.turn_writer import TurnWriter
@@ -253,6 +262,31 @@ async def test_query_filters_combine_and_default_to_newest_first(store: TurnLogS
     assert await query_ids(principal="team-c") == ([], 0)
 
 
+async def test_a_filter_is_one_turn_query_field_every_store_passes_through(store_kind: StoreKind, tmp_path: Path) -> None:
+    @dataclass(frozen=True, kw_only=True)
+    class ByProvider(TurnQuery):
+        provider: str | None = condition("provider = ?")
+
+    inner = store_kind.make()
+    spooled = SpoolingStore(inner, tmp_path / "turns.jsonl")
+    await spooled.start()
+    try:
+        azure = [record(2), record(3)]
+        for turn in azure:
+            turn.provider = "azure"
+        await spooled.write([record(1), *azure])
+        for store in (inner, spooled):
+            rows, total = await store.find(ByProvider(provider="azure"))
+            assert (ids(rows), total) == (["turn_00003", "turn_00002"], 2)
+            rows, total = await store.find(ByProvider(provider="azure", until=BASE + 3), order="asc")
+            assert (ids(rows), total) == (["turn_00002"], 1)
+            assert (await store.query(since=BASE + 2, limit=1))[1] == 2
+            with pytest.raises(TypeError):
+                await store.query(virtual_key="team-a")  # the API's name for principal is not a filter
+    finally:
+        await spooled.close()
+
+
 async def test_nul_characters_are_kept_as_replacement_characters(store: TurnLogStore) -> None:
     written = record(1)
     written.input_summary = "a\x00b"
@@ -275,6 +309,111 @@ async def test_migrations_apply_once_and_data_survives_a_restart(store_kind: Sto
     assert [version for version, _ in await store_kind.fetch("SELECT version, applied_at FROM schema_version")] == [1]
     if store_kind.name == "sqlite":
         assert await store_kind.fetch("PRAGMA journal_mode") == [("wal",)]
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("a = ? AND b = ?", "a = $1 AND b = $2"),
+        ("a = 'what?' AND b = 'it''s?' AND c = ?", "a = 'what?' AND b = 'it''s?' AND c = $1"),
+        ("a = E'it\\'s?' AND b = 'back\\' AND c = ?", "a = E'it\\'s?' AND b = 'back\\' AND c = $1"),
+        ('"odd?name" = ? -- why?\n/* a /* nested? */ comment? */ AND b = ?', '"odd?name" = $1 -- why?\n/* a /* nested? */ comment? */ AND b = $2'),
+        ("$$?$$ = ? AND $q$ ?$$? $q$ = ?", "$$?$$ = $1 AND $q$ ?$$? $q$ = $2"),
+        ("m ?? 'k' AND m ?| ARRAY['k'] AND m ?& ARRAY['k'] AND n = ?", "m ? 'k' AND m ?| ARRAY['k'] AND m ?& ARRAY['k'] AND n = $1"),
+    ],
+)
+def test_postgres_placeholders_are_numbered_outside_literals(sql: str, expected: str) -> None:
+    assert postgres.numbered(sql) == expected
+
+
+async def test_postgres_queries_can_use_jsonb_operators_and_literals_with_question_marks(postgres_dsn: str) -> None:  # noqa: F811
+    store = PostgresTurnStore(postgres_dsn)
+    await store.start()
+    try:
+        unpriced = record(2)
+        unpriced.metadata = {"voice": "alloy"}
+        await store.write([record(1), unpriced, record(3, model="what?")])
+        sql = (
+            "SELECT id, 'why?' FROM realtime_turns WHERE metadata ?? 'voice' AND metadata ?| ARRAY['priced', 'none'] "
+            "AND metadata ?& ARRAY['voice', 'priced'] AND model <> 'what?' AND model = ? -- which model?\n"
+            "AND id <> E'it\\'s?' AND id <> $q$?$q$ AND started_at >= ? ORDER BY id"
+        )
+        rows = await store._fetch(sql, ["gpt-realtime", BASE])
+        assert [tuple(row) for row in rows] == [("turn_00001", "why?")]
+        assert await store._fetch("SELECT id FROM realtime_turns WHERE metadata ?? ?", ["nothing"]) == []
+    finally:
+        await store.close()
+
+
+# A second migration that `;` outside a statement's end must not cut: in comments, strings, a body.
+TRICKY_MIGRATION = """\
+-- A note; the script goes on.
+CREATE TABLE migration_notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, extra {json}); /* and on; */
+INSERT INTO migration_notes (id, body) VALUES (1, 'semi;colon'), (2, 'it''s; "quoted"');
+"""
+TRICKY_BODY = {
+    "sqlite": """\
+CREATE TRIGGER migration_notes_stamp AFTER INSERT ON migration_notes WHEN NEW.id > 2 BEGIN
+    UPDATE migration_notes SET body = body || ';' WHERE id = NEW.id;
+END;
+INSERT INTO migration_notes (id, body) VALUES (3, 'x')
+""",
+    "postgres": """\
+CREATE FUNCTION migration_notes_stamp() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+    NEW.body := NEW.body || ';';
+    RETURN NEW;
+END;
+$body$;
+CREATE TRIGGER migration_notes_stamp BEFORE INSERT ON migration_notes FOR EACH ROW WHEN (NEW.id > 2)
+    EXECUTE FUNCTION migration_notes_stamp();
+INSERT INTO migration_notes (id, body) VALUES (3, 'x')
+""",
+}
+
+
+@pytest.fixture
+def migrations_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A copy of the package's migrations that a test may add to."""
+    directory = tmp_path / "migrations"
+    directory.mkdir()
+    for entry in schema.MIGRATIONS.iterdir():
+        (directory / entry.name).write_text(entry.read_text("utf-8"), "utf-8")
+    monkeypatch.setattr(schema, "MIGRATIONS", directory)
+    return directory
+
+
+async def test_a_semicolon_inside_a_statement_does_not_split_a_migration(store_kind: StoreKind, migrations_dir: Path) -> None:
+    (migrations_dir / "0002_tricky.sql").write_text(TRICKY_MIGRATION + TRICKY_BODY[store_kind.name], "utf-8")
+    store = store_kind.make()
+    await store.start()
+    await store.close()
+    assert await store_kind.fetch("SELECT id, body FROM migration_notes ORDER BY id") == [
+        (1, "semi;colon"),
+        (2, 'it\'s; "quoted"'),
+        (3, "x;"),
+    ]
+    assert [version for (version,) in await store_kind.fetch("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+
+
+async def test_a_failing_migration_leaves_nothing_behind(store_kind: StoreKind, migrations_dir: Path) -> None:
+    (migrations_dir / "0002_broken.sql").write_text(
+        "CREATE TABLE migration_notes (id INTEGER PRIMARY KEY);\nINSERT INTO no_such_table VALUES (1);\n", "utf-8"
+    )
+    store = store_kind.make()
+    with pytest.raises((sqlite3.Error, asyncpg.PostgresError)):
+        await store.start()
+    await store.close()
+    tables = {
+        "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table'",
+        "postgres": "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+    }[store_kind.name]
+    assert await store_kind.fetch(tables) == []  # 0001 and schema_version rolled back with 0002
+    (migrations_dir / "0002_broken.sql").unlink()
+    again = store_kind.make()
+    await again.start()  # nothing half-applied is in the way
+    await again.close()
+    assert await store_kind.fetch("SELECT version FROM schema_version") == [(1,)]
 
 
 # Spilling and replay ---------------------------------------------------------------------------------------

@@ -1,0 +1,86 @@
+"""The session-log queries, written once for both SQL stores in `?`-placeholder SQL."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+from bifrost_rt.state.turn_log.schema import SELECT, TABLE, Row, from_row, iso, to_params
+from bifrost_rt.state.turn_log.store import ORDERS, StoreUnavailable, TurnLogStore, TurnQuery
+
+
+def _direction(order: str) -> str:
+    if order not in ORDERS:
+        raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
+    return order.upper()
+
+
+class SqlTurnStore(TurnLogStore):
+    """The queries both SQL stores share; subclasses run them (with `?` placeholders) on their driver."""
+
+    @abc.abstractmethod
+    async def _insert(self, rows: list[tuple[Any, ...]]) -> None: ...
+
+    @abc.abstractmethod
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]: ...
+
+    async def write_dicts(self, items: list[Row]) -> None:
+        if items:
+            await self._insert([to_params(item) for item in items])
+
+    async def _select(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+        try:
+            return await self._fetch(sql, params)
+        except Exception as error:
+            if self.is_transient(error) and not isinstance(error, StoreUnavailable):
+                raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
+            raise
+
+    async def _page(
+        self, where: str, params: list[Any], limit: int, offset: int, order: str
+    ) -> tuple[list[Row], int]:
+        if limit < 1 or offset < 0:
+            raise ValueError("limit must be at least 1 and offset at least 0")
+        direction = _direction(order)
+        (count,) = await self._select(f"SELECT COUNT(*) FROM {TABLE} WHERE {where}", params)
+        total = int(count[0])
+        if offset >= total:
+            return [], total
+        rows = await self._select(
+            f"{SELECT} WHERE {where} ORDER BY started_at {direction}, id {direction} LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return [from_row(row) for row in rows], total
+
+    async def session_logs(
+        self, session_id: str, *, limit: int = 50, offset: int = 0, order: str = "asc"
+    ) -> tuple[list[Row], int]:
+        return await self._page("session_group = ?", [session_id], limit, offset, order)
+
+    async def session_summary(self, session_id: str) -> Row | None:
+        ((count, tokens, cost, started_at, latest_at),) = await self._select(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT), COALESCE(SUM(cost_total), 0), "
+            f"MIN(started_at), MAX(ended_at) FROM {TABLE} WHERE session_group = ?",
+            [session_id],
+        )
+        if not count:
+            return None
+        return {
+            "session_id": session_id,
+            "turn_count": int(count),
+            "total_tokens": int(tokens),
+            "total_cost": float(cost),
+            "started_at": started_at,
+            "started_at_iso": iso(started_at),
+            "latest_at": latest_at,  # the end of the session's last turn
+            "latest_at_iso": iso(latest_at),
+            "duration_ms": round(max(0.0, latest_at - started_at) * 1000, 3),
+        }
+
+    async def find(
+        self, filters: TurnQuery, *, limit: int = 100, offset: int = 0, order: str = "desc"
+    ) -> tuple[list[Row], int]:
+        conditions = filters.conditions()
+        where = " AND ".join(sql for sql, _ in conditions) or "1 = 1"
+        return await self._page(where, [value for _, value in conditions], limit, offset, order)
