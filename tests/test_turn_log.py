@@ -22,7 +22,6 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from bifrost_rt.state.turn_log import (
-    PostgresTurnStore,
     SpoolingStore,
     SQLiteTurnStore,
     StoreUnavailable,
@@ -31,6 +30,7 @@ from bifrost_rt.state.turn_log import (
     condition,
 )
 from bifrost_rt.state.turn_log import postgres, schema
+from bifrost_rt.state.turn_log.postgres import PostgresTurnStore
 from bifrost_rt.http.logs_api import LogsApi
 from bifrost_rt.records import TurnRecord
 from bifrost_rt.state.turn_writer import TurnWriter

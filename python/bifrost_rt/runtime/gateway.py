@@ -22,7 +22,7 @@ from bifrost_rt.records import TurnRecord
 from bifrost_rt.core.registry import SessionRegistry
 from bifrost_rt.core.session import RealtimeSession
 from bifrost_rt.state.kv import KVStore, MemoryKV
-from bifrost_rt.state.turn_log import PostgresTurnStore, SpoolingStore, SQLiteTurnStore
+from bifrost_rt.state.turn_log import SpoolingStore, SQLiteTurnStore
 from bifrost_rt.tasks import stop_task
 from bifrost_rt.state.turn_writer import LogLineSink, TurnSink, TurnWriter
 
@@ -93,6 +93,8 @@ class Gateway:
             inner = SQLiteTurnStore(log.sqlite_path)
         else:
             assert log.postgres_dsn is not None
+            from bifrost_rt.state.turn_log.postgres import PostgresTurnStore  # asyncpg only when configured
+
             inner = PostgresTurnStore(
                 log.postgres_dsn.get_secret_value(), pool_size=log.postgres_pool_size, connect_timeout_s=log.connect_timeout_s
             )
