@@ -21,16 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from services import free_port
 
 STARTUP_TIMEOUT_S = 10.0
 SHUTDOWN_TIMEOUT_S = 10.0
 _POLL_S = 0.02
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _answers_ping(port: int) -> bool:
@@ -53,7 +48,7 @@ class RedisServer:
             )
         self._binary = binary
         self._directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property

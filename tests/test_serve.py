@@ -6,13 +6,13 @@ import asyncio
 import http.client
 import json
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
+from services import free_port
 import websockets
 from conftest import VIRTUAL_KEY
 from servers import ServerThread
@@ -22,12 +22,6 @@ from bifrost_rt.config import ConfigError, load_config, parse_config
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_listening(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 _ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$|^env:([A-Za-z_][A-Za-z0-9_]*)$")
 
@@ -30,6 +30,14 @@ def resolve_secret(value: str) -> str:
     if resolved is None:
         raise ValueError(f"environment variable {name} is not set")
     return resolved
+
+
+def _from_env(value: Any) -> Any:
+    return resolve_secret(value) if isinstance(value, str) else value
+
+
+# A secret field: the value itself, or `${NAME}` / `env:NAME` read from the environment at load time.
+EnvSecret = Annotated[SecretStr, BeforeValidator(_from_env)]
 
 
 class _Strict(BaseModel):
@@ -62,7 +70,7 @@ class ProviderConfig(_Strict):
     """An OpenAI-compatible realtime upstream."""
 
     base_url: str = Field(description="HTTP(S) base URL, e.g. https://api.openai.com/v1; http→ws, https→wss")
-    api_key: SecretStr | None = None
+    api_key: EnvSecret | None = None
     headers: dict[str, str] = Field(default_factory=dict, description="static headers sent upstream")
 
     @field_validator("base_url")
@@ -72,11 +80,6 @@ class ProviderConfig(_Strict):
         if not value.startswith(("http://", "https://", "ws://", "wss://")):
             raise ValueError("must start with http://, https://, ws:// or wss://")
         return value
-
-    @field_validator("api_key", mode="before")
-    @classmethod
-    def _resolve_api_key(cls, value: Any) -> Any:
-        return resolve_secret(value) if isinstance(value, str) else value
 
     @property
     def realtime_url(self) -> str:
@@ -99,7 +102,7 @@ class ModelRoute(_Strict):
 
 
 class VirtualKeyConfig(_Strict):
-    key: SecretStr = Field(description="the credential clients present, e.g. sk-bf-…")
+    key: EnvSecret = Field(description="the credential clients present, e.g. sk-bf-…")
     name: str
     allowed_models: list[str] = Field(default_factory=lambda: ["*"])
     allowed_providers: list[str] = Field(default_factory=lambda: ["*"])
@@ -109,11 +112,10 @@ class VirtualKeyConfig(_Strict):
     team: str | None = Field(None, description="a name under `teams`, whose budget and session cap apply too")
     log_content: bool | None = Field(None, description="override turn_log.log_content for this key")
 
-    @field_validator("key", mode="before")
+    @field_validator("key")
     @classmethod
-    def _resolve_key(cls, value: Any) -> Any:
-        value = resolve_secret(value) if isinstance(value, str) else value
-        if isinstance(value, str) and not value.strip():
+    def _not_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
             raise ValueError("must not be empty")
         return value
 
@@ -151,17 +153,13 @@ class RealtimeConfig(_Strict):
 class IceServerConfig(_Strict):
     urls: list[str] = Field(description="stun:host:port or turn:host:port?transport=udp|tcp URLs")
     username: str | None = None
-    credential: SecretStr | None = None
+    credential: EnvSecret | None = None
 
     @field_validator("urls", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
-    @field_validator("credential", mode="before")
-    @classmethod
-    def _resolve_credential(cls, value: Any) -> Any:
-        return resolve_secret(value) if isinstance(value, str) else value
 
 
 class WebRTCConfig(_Strict):
@@ -192,7 +190,7 @@ class TurnLogConfig(_Strict):
     log_content: bool = Field(True, description="include user and model text in turn records (per-key override)")
     store: Literal["sqlite", "postgres", "none"] = Field("sqlite", description="the durable turn log")
     sqlite_path: str = "bifrost-rt/turns.db"
-    postgres_dsn: SecretStr | None = Field(None, description="required when store is postgres")
+    postgres_dsn: EnvSecret | None = Field(None, description="required when store is postgres")
     postgres_pool_size: int = Field(4, ge=1)
     connect_timeout_s: float = Field(5.0, gt=0)
     spill_path: str = Field("bifrost-rt/turns.spill.jsonl", description="records wait here while the store is unreachable")
@@ -200,11 +198,6 @@ class TurnLogConfig(_Strict):
     retry_initial_s: float = Field(0.5, gt=0)
     retry_max_s: float = Field(30.0, gt=0)
     raw_frames: bool = Field(False, description="keep the response.create and response.done frames (capped at 16 KiB each)")
-
-    @field_validator("postgres_dsn", mode="before")
-    @classmethod
-    def _resolve_dsn(cls, value: Any) -> Any:
-        return resolve_secret(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _postgres_needs_dsn(self) -> TurnLogConfig:
@@ -214,7 +207,7 @@ class TurnLogConfig(_Strict):
 
 
 class ClientSecretsConfig(_Strict):
-    secret: SecretStr | None = Field(
+    secret: EnvSecret | None = Field(
         default=None,
         description="seals gateway client secrets; every instance that should accept a token needs the same one. "
         "Unset: minting is disabled (503).",
@@ -222,11 +215,10 @@ class ClientSecretsConfig(_Strict):
     max_ttl_s: int = Field(7200, ge=10, description="the longest a provider secret can live; bounds revocation records")
     upstream_timeout_s: float = Field(10.0, gt=0)
 
-    @field_validator("secret", mode="before")
+    @field_validator("secret")
     @classmethod
-    def _resolve_secret(cls, value: Any) -> Any:
-        value = resolve_secret(value) if isinstance(value, str) else value
-        if isinstance(value, str) and len(value) < 16:
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
         return value
 
@@ -254,15 +246,11 @@ class HooksConfig(_Strict):
 
 
 class StoreConfig(_Strict):
-    redis_url: SecretStr | None = Field(
+    redis_url: EnvSecret | None = Field(
         default=None, description="shared counters for budgets, rate limits, session caps and revocations; unset: in-memory"
     )
     timeout_s: float = Field(0.5, gt=0)
 
-    @field_validator("redis_url", mode="before")
-    @classmethod
-    def _resolve_url(cls, value: Any) -> Any:
-        return resolve_secret(value) if isinstance(value, str) else value
 
 
 class GovernanceConfig(_Strict):
@@ -285,7 +273,7 @@ class GatewayConfig(_Strict):
         default=None, description="provider for bare model names not listed in `models` (default: the only provider)"
     )
     virtual_keys: list[VirtualKeyConfig] = Field(default_factory=list)
-    admin_keys: list[SecretStr] = Field(default_factory=list, description="bearer keys for the /api admin routes")
+    admin_keys: list[EnvSecret] = Field(default_factory=list, description="bearer keys for the /api admin routes")
     client_secrets: ClientSecretsConfig = Field(default_factory=ClientSecretsConfig)
     plugins: list[PluginConfig] = Field(default_factory=list)
     teams: dict[str, TeamPolicy] = Field(default_factory=dict)
@@ -299,11 +287,6 @@ class GatewayConfig(_Strict):
     prices: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="per-model price overrides, same shape as the shipped table"
     )
-
-    @field_validator("admin_keys", mode="before")
-    @classmethod
-    def _resolve_admin_keys(cls, value: Any) -> Any:
-        return [resolve_secret(v) if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
 
     @field_validator("providers")
     @classmethod
