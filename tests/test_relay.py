@@ -10,6 +10,7 @@ import pytest
 from bifrost_rt.config import parse_config
 from bifrost_rt.core import ending as endings
 from bifrost_rt.core.dialect import Untranslatable
+from bifrost_rt.core.registry import SessionRegistry
 from bifrost_rt.core.relay import FORWARD, Check, End, Relay, Reply, ToClient, ToUpstream
 from bifrost_rt.core.session import RealtimeSession
 from bifrost_rt.errors import RealtimeError
@@ -44,10 +45,14 @@ async def _never(request: Any) -> None:  # pragma: no cover - the relay never aw
 Checking.pre_turn = _never  # type: ignore[method-assign]
 
 
-def _relay(*, checks: bool = False, max_bytes: int = 1024 * 1024, client_dialect: Any = None, **limits: Any) -> tuple[Relay, Records]:
-    config = parse_config(
+def _config(**limits: Any) -> Any:
+    return parse_config(
         {"providers": {"openai": {"base_url": "http://127.0.0.1:1/v1"}}, "virtual_keys": [{"key": KEY, "name": "core"}], "realtime": limits}
     )
+
+
+def _relay(*, checks: bool = False, max_bytes: int = 1024 * 1024, client_dialect: Any = None, **limits: Any) -> tuple[Relay, Records]:
+    config = _config(**limits)
     principal = Authenticator(config).authenticate(KEY)
     route = ModelResolver(config).resolve(MODEL)
     assert principal is not None and route is not None
@@ -312,3 +317,90 @@ def test_a_translating_dialect_is_observed_in_ga_form():
     (record,) = records.records
     assert [i["text"] for i in record.inputs] == ["hello"] and record.output["text"] == "hi"
     assert record.metadata["client_event_ids"] == ["say_1"]
+
+
+# ---- caps ---------------------------------------------------------------------------------------------------------
+
+
+def test_pending_inputs_are_capped_oldest_first():
+    relay, records = _relay(max_pending_inputs=2)
+    for n in range(3):
+        relay.from_server(ev("conversation.item.done", item=user_item(f"item_{n}", f"text {n}")))
+    relay.from_server(created("resp_1"))
+    relay.from_server(done("resp_1"))
+    assert [i["text"] for i in records.records[0].inputs] == ["text 1", "text 2"]
+
+
+def test_pending_requests_are_capped_and_the_oldest_forgotten():
+    relay, records = _relay(max_pending_creates=2)
+    for n in range(3):
+        relay.from_client(ev("response.create", event_id=f"ev_{n}"))
+    relay.from_server(created("resp_1"))
+    relay.from_server(done("resp_1"))
+    assert records.records[0].metadata["client_event_ids"] == ["ev_1"]
+
+
+def test_client_strings_in_records_are_bounded_with_a_flag():
+    relay, records = _relay()
+    relay.from_client(ev("response.create", event_id="e" * 10_000))
+    metadata = {f"k{n}": "v" * 1000 for n in range(20)}
+    relay.from_server(created("resp_1", metadata=metadata))
+    relay.from_server(done("resp_1", metadata=metadata))
+    (record,) = records.records
+    assert len(record.metadata["client_event_ids"][0]) == 256
+    assert len(record.metadata["response_metadata"]) == 16
+    assert all(len(v) == 512 for v in record.metadata["response_metadata"].values())
+    assert record.metadata["response_metadata_truncated"] is True
+    assert len(record.to_json()) < 16_000
+
+
+# ---- the supervisor -----------------------------------------------------------------------------------------------
+
+
+class _Live:
+    """A live session as the registry sees one, with no transport behind it."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.session = relay.session
+        self.blocked = False
+        self.ended: list[str] = []
+
+    def activity(self) -> int:
+        return self.relay.activity
+
+    def relayed(self) -> dict[str, int]:
+        return self.relay.relayed()
+
+    def blocked_on_client(self) -> bool:
+        return self.blocked
+
+    def end(self, error: RealtimeError, *, upstream_code: int = 1000) -> None:
+        self.ended.append(error.code or "")
+
+    def watch(self, now: float) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("limits", "blocked", "after_s", "code"),
+    [
+        ({"idle_timeout_s": 5}, False, 6, "session_idle_timeout"),
+        ({"max_session_s": 10}, False, 11, "session_expired"),
+        ({"write_timeout_s": 2}, True, 3, "client_write_timeout"),
+        ({"idle_timeout_s": 5, "write_timeout_s": 30}, False, 4, None),
+    ],
+)
+async def test_the_supervisor_ends_idle_expired_and_stalled_sessions(limits, blocked, after_s, code):
+    relay, _ = _relay(**limits)
+    live = _Live(relay)
+    registry = SessionRegistry(_config(**limits).realtime)
+    registry.add(live)
+    try:
+        start = relay.session.started_at
+        live.blocked = blocked
+        registry.check(start + 1)
+        registry.check(start + after_s)
+        assert live.ended == ([code] if code else [])
+    finally:
+        await registry.close()
