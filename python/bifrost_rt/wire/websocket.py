@@ -229,8 +229,9 @@ class WebSocketRelay:
     # ---- closing -------------------------------------------------------------------------------
 
     async def _close(self, ending: Ending) -> None:
-        """Both sides are told at once, each within `close_timeout_s`; a client that does not take it is aborted."""
-        await asyncio.gather(self._close_client(ending), self._close_upstream(ending))
+        """Each side is told within `close_timeout_s`; a peer that does not take it is aborted."""
+        await self._close_client(ending)
+        await self._close_upstream(ending)
 
     async def _close_client(self, ending: Ending) -> None:
         try:
