@@ -271,6 +271,15 @@ class ServerConfig(_Strict):
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    request_head_timeout_s: float = Field(
+        5.0, gt=0, description="a request head not complete this long after the connection opened (or, kept alive, after its first byte) is closed"
+    )
+    max_request_head_bytes: int = Field(
+        16 * 1024, ge=1024, description="a larger request head is answered 431; a line may have at most 8 KiB either way"
+    )
+    max_pending_handshakes: int = Field(
+        256, ge=1, description="connections per process still sending their first request head; beyond it new ones are closed at once"
+    )
 
 
 class GatewayConfig(_Strict):

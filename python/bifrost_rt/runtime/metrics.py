@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from bifrost_rt.core.registry import SessionRegistry
 from bifrost_rt.records import TurnRecord
+from bifrost_rt.runtime import http_limits
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _HOOK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
@@ -38,6 +39,7 @@ class GatewayMetrics:
         self.hook_failures = Counter(
             "bifrost_rt_hook_failures", "Plugin hook failures: exception, timeout, or dropped (queue full)", ["plugin", "kind"], registry=self.registry
         )
+        self.registry.register(_HeadLimitsCollector())
 
     def observe_hook(self, plugin: str, hook: str, seconds: float) -> None:
         self.hook_latency.labels(plugin, hook).observe(seconds)
@@ -127,3 +129,20 @@ class _LiveCollector(Collector):
             gauge = GaugeMetricFamily(f"bifrost_rt_{name}", name.replace("_", " "))
             gauge.add_metric([], read())
             yield gauge
+
+
+class _HeadLimitsCollector(Collector):
+    """What the HTTP protocol refused before a request reached the app (this process)."""
+
+    def collect(self) -> Iterable[Metric]:
+        refused = CounterMetricFamily(
+            "bifrost_rt_http_connections_refused",
+            "Connections closed before their request reached the app: head_too_large (431), head_timeout, pending_limit",
+            labels=["reason"],
+        )
+        for reason, count in list(http_limits.refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        pending = GaugeMetricFamily("bifrost_rt_http_pending_heads", "Connections still sending their first request head")
+        pending.add_metric([], http_limits.pending_heads())
+        yield pending
