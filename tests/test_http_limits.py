@@ -31,11 +31,12 @@ HUGE_AUTHORIZATION = "Authorization: Bearer " + "k" * 9000 + "\r\n"
 
 
 @contextlib.contextmanager
-def gateway_process(directory: Path, upstream_port: int, **server: object) -> Iterator[int]:
-    """A `bifrost-rt serve` with these `server` settings; yields its port."""
+def gateway_process(directory: Path, upstream_port: int, **sections: dict) -> Iterator[int]:
+    """A `bifrost-rt serve` of test_serve's configuration with these sections added (`server` is merged); yields its port."""
     path = write_config(directory / "gateway.yaml", upstream_port)
     config = yaml.safe_load(path.read_text())
-    config["server"].update(server)
+    config["server"].update(sections.pop("server", {}))
+    config.update(sections)
     path.write_text(yaml.safe_dump(config))
     port = free_port()
     with open(directory / "serve.log", "w") as log:
@@ -56,7 +57,7 @@ def gateway_process(directory: Path, upstream_port: int, **server: object) -> It
 @pytest.fixture(scope="module")
 def gateway_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     with ServerThread(create_simulator_app(SimulatorOptions(pace=0))) as simulator:
-        with gateway_process(tmp_path_factory.mktemp("limits"), simulator.port, request_head_timeout_s=HEAD_TIMEOUT_S) as port:
+        with gateway_process(tmp_path_factory.mktemp("limits"), simulator.port, server={"request_head_timeout_s": HEAD_TIMEOUT_S}) as port:
             yield port
 
 
@@ -146,7 +147,7 @@ async def eventually(check, timeout: float = 10) -> None:
 async def test_connections_still_in_their_first_head_are_capped(tmp_path):
     cap = 4
     with ServerThread(create_simulator_app(SimulatorOptions(pace=0))) as simulator:
-        with gateway_process(tmp_path, simulator.port, max_pending_handshakes=cap, request_head_timeout_s=60) as port:
+        with gateway_process(tmp_path, simulator.port, server={"max_pending_handshakes": cap, "request_head_timeout_s": 60}) as port:
             silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(cap - 1)]
             try:
                 # The scrape's own connection is the cap-th while its head is read.

@@ -238,6 +238,23 @@ class CorsConfig(_Strict):
         return not origin or "*" in self.allowed_origins or origin in self.allowed_origins
 
 
+class MetricsConfig(_Strict):
+    bearer_token: SecretStr | None = Field(
+        default=None, description="required as `Authorization: Bearer …` on GET /metrics (401 otherwise); unset: open"
+    )
+    key_label: Literal["name", "id"] = Field(
+        "name", description="the `key` label of token and cost series: the key's name, or its id (vk_ + hash prefix, stable)"
+    )
+
+    @field_validator("bearer_token", mode="before")
+    @classmethod
+    def _resolve_token(cls, value: Any) -> Any:
+        value = resolve_secret(value) if isinstance(value, str) else value
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
 class PluginConfig(_Strict):
     use: str = Field(description="import path, package.module:ClassName (a bifrost_rt.hooks.Plugin)")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the class")
@@ -298,6 +315,7 @@ class GatewayConfig(_Strict):
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
     webrtc: WebRTCConfig = Field(default_factory=WebRTCConfig)
     turn_log: TurnLogConfig = Field(default_factory=TurnLogConfig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import os
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -20,6 +21,7 @@ from bifrost_rt.runtime.gateway import Gateway
 from bifrost_rt.policy.hooks import Plugin
 from bifrost_rt.http.calls import CallRelay
 from bifrost_rt.http.client_secrets import ClientSecretEndpoint, RevokeEndpoint
+from bifrost_rt.http.error_responses import error_response
 from bifrost_rt.http.logs_api import LogsApi
 from bifrost_rt.http.realtime import RealtimeWebSocketEndpoint
 from bifrost_rt.state.turn_writer import TurnSink
@@ -36,6 +38,11 @@ CORS_ALLOWED_HEADERS = [
     "X-Stainless-Timeout",
     "baggage",
 ]
+
+
+def _bearer_matches(request: Request, token: str) -> bool:
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
 
 
 def _log_routes(gateway: Gateway) -> list[Route]:
@@ -63,7 +70,15 @@ def create_app(
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    # Turn records reach the metrics only once the app runs, so the label can be chosen here.
+    gateway.metrics.key_label = config.metrics.key_label
+    metrics_token = config.metrics.bearer_token
+
     async def metrics(request: Request) -> Response:
+        if metrics_token is not None and not _bearer_matches(request, metrics_token.get_secret_value()):
+            refusal = error_response(401, "invalid_request_error", "invalid_api_key", "A valid bearer token is required for /metrics.")
+            refusal.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return refusal
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def readyz(request: Request) -> JSONResponse:

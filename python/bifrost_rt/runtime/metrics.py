@@ -7,6 +7,7 @@ metrics come from a turn sink, hook metrics from the hook pipeline's callbacks.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,7 +22,9 @@ _HOOK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, key_label: Literal["name", "id"] = "name") -> None:
+        # "id" labels series with the key id (a hash prefix, as turn records carry it) so no key name is exposed.
+        self.key_label = key_label
         self.registry = CollectorRegistry()
         self.turns = Counter("bifrost_rt_turns", "Turns recorded, by status", ["status"], registry=self.registry)
         self.turn_latency = Histogram(
@@ -63,18 +66,20 @@ class MetricsSink:
 
     async def write(self, records: list[TurnRecord]) -> None:
         metrics = self._metrics
+        by_id = metrics.key_label == "id"
         for record in records:
             metrics.turns.labels(record.status).inc()
+            key = record.key_id if by_id else record.principal
             model = record.model or ""
             usage = record.usage or {}
             for kind in ("input_tokens", "output_tokens", "cached_tokens"):
                 if usage.get(kind):
-                    metrics.tokens.labels(record.principal, model, kind.removesuffix("_tokens")).inc(usage[kind])
+                    metrics.tokens.labels(key, model, kind.removesuffix("_tokens")).inc(usage[kind])
             for transcription in record.transcription_usage:
                 if transcription.get("total_tokens"):
-                    metrics.tokens.labels(record.principal, transcription.get("model") or "", "transcription").inc(transcription["total_tokens"])
+                    metrics.tokens.labels(key, transcription.get("model") or "", "transcription").inc(transcription["total_tokens"])
             if record.cost.get("total"):
-                metrics.cost.labels(record.principal, model).inc(record.cost["total"])
+                metrics.cost.labels(key, model).inc(record.cost["total"])
             for stage in ("first_delta", "total"):
                 milliseconds = record.latency_ms.get(stage)
                 if milliseconds is not None and record.response_id is not None:
