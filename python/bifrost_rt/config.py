@@ -234,6 +234,22 @@ class CorsConfig(_Strict):
         return not origin or "*" in self.allowed_origins or origin in self.allowed_origins
 
 
+class MetricsConfig(_Strict):
+    bearer_token: EnvSecret | None = Field(
+        default=None, description="required as `Authorization: Bearer …` on GET /metrics (401 otherwise); unset: open"
+    )
+    key_label: Literal["name", "id"] = Field(
+        "name", description="the `key` label of token and cost series: the key's name, or its id (vk_ + hash prefix, stable)"
+    )
+
+    @field_validator("bearer_token")
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+
 class PluginConfig(_Strict):
     use: str = Field(description="import path, package.module:ClassName (a bifrost_rt.plugins.Plugin)")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the class")
@@ -263,6 +279,15 @@ class ServerConfig(_Strict):
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    request_head_timeout_s: float = Field(
+        5.0, gt=0, description="a request head not complete this long after the connection opened (or, kept alive, after its first byte) is closed"
+    )
+    max_request_head_bytes: int = Field(
+        16 * 1024, ge=1024, description="a larger request head is answered 431; a line may have at most 8 KiB either way"
+    )
+    max_pending_handshakes: int = Field(
+        256, ge=1, description="connections per process still sending their first request head; beyond it new ones are closed at once"
+    )
 
 
 class GatewayConfig(_Strict):
@@ -281,6 +306,7 @@ class GatewayConfig(_Strict):
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
     webrtc: WebRTCConfig = Field(default_factory=WebRTCConfig)
     turn_log: TurnLogConfig = Field(default_factory=TurnLogConfig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import os
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -20,7 +21,9 @@ from bifrost_rt.runtime.gateway import Gateway
 from bifrost_rt.policy.hooks import Plugin
 from bifrost_rt.http.calls import CallRelay
 from bifrost_rt.http.client_secrets import ClientSecretEndpoint, RevokeEndpoint
+from bifrost_rt.http.error_responses import error_response
 from bifrost_rt.http.logs_api import LogsApi
+from bifrost_rt.http.origin import origin_checked
 from bifrost_rt.http.realtime import RealtimeWebSocketEndpoint
 from bifrost_rt.state.turn_writer import TurnSink
 
@@ -36,6 +39,11 @@ CORS_ALLOWED_HEADERS = [
     "X-Stainless-Timeout",
     "baggage",
 ]
+
+
+def _bearer_matches(request: Request, token: str) -> bool:
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
 
 
 def _log_routes(gateway: Gateway) -> list[Route]:
@@ -63,7 +71,15 @@ def create_app(
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    # Turn records reach the metrics only once the app runs, so the label can be chosen here.
+    gateway.metrics.key_label = config.metrics.key_label
+    metrics_token = config.metrics.bearer_token
+
     async def metrics(request: Request) -> Response:
+        if metrics_token is not None and not _bearer_matches(request, metrics_token.get_secret_value()):
+            refusal = error_response(401, "invalid_request_error", "invalid_api_key", "A valid bearer token is required for /metrics.")
+            refusal.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return refusal
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def readyz(request: Request) -> JSONResponse:
@@ -80,25 +96,30 @@ def create_app(
             await gateway.stop()
 
     calls = CallRelay(gateway)
+    cors = config.cors
+
+    def checked(endpoint, on_refused=None):  # routes that act refuse a disallowed Origin before anything happens
+        return origin_checked(cors, endpoint, on_refused)
+
     routes: list[Route | WebSocketRoute] = []
     # Each realtime route also lives under /openai/v1 and /openai, where the provider defaults to `openai`.
     for prefix, path_provider in (("/v1", None), ("/openai/v1", "openai"), ("/openai", "openai")):
+        place_call = checked(calls.endpoint(prefix, path_provider), gateway.registry.refuse)
         routes += [
             WebSocketRoute(f"{prefix}/realtime", RealtimeWebSocketEndpoint(gateway, path_provider, calls)),
-            Route(f"{prefix}/realtime/calls", calls.endpoint(prefix, path_provider), methods=["POST"]),
-            Route(f"{prefix}/realtime", calls.endpoint(prefix, path_provider), methods=["POST"]),  # legacy WebRTC
-            Route(f"{prefix}/realtime/calls/{{call_id}}/hangup", calls.hangup, methods=["POST"]),
-            Route(f"{prefix}/realtime/client_secrets", ClientSecretEndpoint(gateway, legacy=False, path_provider=path_provider).handle, methods=["POST"]),
-            Route(f"{prefix}/realtime/sessions", ClientSecretEndpoint(gateway, legacy=True, path_provider=path_provider).handle, methods=["POST"]),
+            Route(f"{prefix}/realtime/calls", place_call, methods=["POST"]),
+            Route(f"{prefix}/realtime", place_call, methods=["POST"]),  # legacy WebRTC
+            Route(f"{prefix}/realtime/calls/{{call_id}}/hangup", checked(calls.hangup), methods=["POST"]),
+            Route(f"{prefix}/realtime/client_secrets", checked(ClientSecretEndpoint(gateway, legacy=False, path_provider=path_provider).handle), methods=["POST"]),
+            Route(f"{prefix}/realtime/sessions", checked(ClientSecretEndpoint(gateway, legacy=True, path_provider=path_provider).handle), methods=["POST"]),
         ]
     routes += [
-        Route("/api/client_secrets/revoke", RevokeEndpoint(gateway).handle, methods=["POST"]),
+        Route("/api/client_secrets/revoke", checked(RevokeEndpoint(gateway).handle), methods=["POST"]),
         *_log_routes(gateway),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
     ]
-    cors = config.cors
     middleware = [
         Middleware(
             CORSMiddleware,

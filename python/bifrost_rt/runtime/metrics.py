@@ -7,6 +7,7 @@ metrics come from a turn sink, hook metrics from the hook pipeline's callbacks.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -14,13 +15,16 @@ from prometheus_client.registry import Collector
 
 from bifrost_rt.core.registry import SessionRegistry
 from bifrost_rt.records import TurnRecord
+from bifrost_rt.runtime import http_limits
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _HOOK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, key_label: Literal["name", "id"] = "name") -> None:
+        # "id" labels series with the key id (a hash prefix, as turn records carry it) so no key name is exposed.
+        self.key_label = key_label
         self.registry = CollectorRegistry()
         self.turns = Counter("bifrost_rt_turns", "Turns recorded, by status", ["status"], registry=self.registry)
         self.turn_latency = Histogram(
@@ -38,6 +42,7 @@ class GatewayMetrics:
         self.hook_failures = Counter(
             "bifrost_rt_hook_failures", "Plugin hook failures: exception, timeout, or dropped (queue full)", ["plugin", "kind"], registry=self.registry
         )
+        self.registry.register(_HeadLimitsCollector())
 
     def observe_hook(self, plugin: str, hook: str, seconds: float) -> None:
         self.hook_latency.labels(plugin, hook).observe(seconds)
@@ -61,18 +66,20 @@ class MetricsSink:
 
     async def write(self, records: list[TurnRecord]) -> None:
         metrics = self._metrics
+        by_id = metrics.key_label == "id"
         for record in records:
             metrics.turns.labels(record.status).inc()
+            key = record.key_id if by_id else record.principal
             model = record.model or ""
             usage = record.usage or {}
             for kind in ("input_tokens", "output_tokens", "cached_tokens"):
                 if usage.get(kind):
-                    metrics.tokens.labels(record.principal, model, kind.removesuffix("_tokens")).inc(usage[kind])
+                    metrics.tokens.labels(key, model, kind.removesuffix("_tokens")).inc(usage[kind])
             for transcription in record.transcription_usage:
                 if transcription.get("total_tokens"):
-                    metrics.tokens.labels(record.principal, transcription.get("model") or "", "transcription").inc(transcription["total_tokens"])
+                    metrics.tokens.labels(key, transcription.get("model") or "", "transcription").inc(transcription["total_tokens"])
             if record.cost.get("total"):
-                metrics.cost.labels(record.principal, model).inc(record.cost["total"])
+                metrics.cost.labels(key, model).inc(record.cost["total"])
             for stage in ("first_delta", "total"):
                 milliseconds = record.latency_ms.get(stage)
                 if milliseconds is not None and record.response_id is not None:
@@ -127,3 +134,20 @@ class _LiveCollector(Collector):
             gauge = GaugeMetricFamily(f"bifrost_rt_{name}", name.replace("_", " "))
             gauge.add_metric([], read())
             yield gauge
+
+
+class _HeadLimitsCollector(Collector):
+    """What the HTTP protocol refused before a request reached the app (this process)."""
+
+    def collect(self) -> Iterable[Metric]:
+        refused = CounterMetricFamily(
+            "bifrost_rt_http_connections_refused",
+            "Connections closed before their request reached the app: head_too_large (431), head_timeout, pending_limit",
+            labels=["reason"],
+        )
+        for reason, count in list(http_limits.refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        pending = GaugeMetricFamily("bifrost_rt_http_pending_heads", "Connections still sending their first request head")
+        pending.add_metric([], http_limits.pending_heads())
+        yield pending

@@ -19,6 +19,7 @@ from bifrost_rt.runtime.app import create_app
 from bifrost_rt.config import GatewayConfig, RealtimeConfig, load_config
 from bifrost_rt.runtime import ws_protocol
 from bifrost_rt.runtime.gateway import Gateway
+from bifrost_rt.runtime.http_limits import H11_PROTOCOL, HTTPTOOLS_PROTOCOL, HeadLimits, attach_limits
 
 logger = logging.getLogger("bifrost_rt.server")
 
@@ -47,8 +48,9 @@ def app_from_environment() -> Starlette:
 def uvicorn_settings(limits: RealtimeConfig) -> dict[str, Any]:
     """uvicorn options for the gateway; the bench's floor relay uses the same, so both are measured alike.
 
-    uvicorn's own loggers stay at WARNING: at INFO it logs every WebSocket with its query string, which costs
-    CPU per session and would put any credential a client sends in the query into the log.
+    The HTTP protocols are uvicorn's with the request-head limits of `http_limits` (its defaults unless `serve`
+    attaches the configured ones). uvicorn's own loggers stay at WARNING: at INFO it logs every WebSocket with its
+    query string, which costs CPU per session and would put any credential a client sends in the query into the log.
     """
     return {
         "ws": ws_protocol.PROTOCOL,  # uvicorn's websockets-sansio, able to abort a stalled client
@@ -58,7 +60,7 @@ def uvicorn_settings(limits: RealtimeConfig) -> dict[str, Any]:
         "ws_ping_interval": limits.ping_interval_s,
         "ws_ping_timeout": limits.ping_timeout_s,
         "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+        "http": HTTPTOOLS_PROTOCOL if importlib.util.find_spec("httptools") else H11_PROTOCOL,
         "lifespan": "on",
         "log_level": "warning",
         "timeout_graceful_shutdown": int(limits.shutdown_drain_s) + 5,
@@ -109,6 +111,7 @@ def serve(config_path: str, config: GatewayConfig) -> None:
         workers=config.server.workers,
         **uvicorn_settings(config.realtime),
     )
+    attach_limits(uv_config, HeadLimits.of(config.server))
     if config.server.workers == 1:
         GatewayServer(uv_config).run()
         return
