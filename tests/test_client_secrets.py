@@ -316,3 +316,45 @@ async def test_the_forwarded_session_names_the_bare_upstream_model(secrets_gatew
     token = response.json()["value"]
     async with websockets.connect(f"{server.ws_url}/v1/realtime", subprotocols=["realtime", f"openai-insecure-api-key.{token}"]) as ws:
         assert json.loads(await ws.recv())["session"]["model"] == "gpt-realtime"
+
+
+async def test_no_token_outlives_max_ttl_so_a_key_revocation_holds(simulator, start_gateway):
+    server, _ = start_gateway(f"{simulator.url}/v1", **{**settings(), "client_secrets": {"secret": SECRET, "max_ttl_s": 2}})
+    minted = (await mint(server, seconds=600)).json()
+    assert minted["expires_at"] <= time.time() + 2  # capped at mint, and the answer says so
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{server.url}/api/client_secrets/revoke", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, json={"virtual_key": "team-a"}
+        )
+        assert response.status_code == 200
+    assert (await refusal(server, minted["value"]))[0]["error"]["code"] == "invalid_api_key"
+    await asyncio.sleep(3)  # the revocation record is gone by now; the token must be too
+    event, code, _ = await refusal(server, minted["value"])
+    assert event["error"]["code"] == "invalid_api_key" and code == 3000
+
+
+async def test_a_token_sealed_with_a_long_expiry_still_ends_at_max_ttl(simulator, start_gateway):
+    server, _ = start_gateway(f"{simulator.url}/v1", **{**settings(), "client_secrets": {"secret": SECRET, "max_ttl_s": 2}})
+    grant = ClientSecrets(SECRET, MemoryKV())._unseal((await mint(server)).json()["value"])
+    forged_long = ClientSecrets(SECRET, MemoryKV(), max_ttl_s=10**6).seal(  # as a gateway with another max_ttl_s would mint
+        key_id=grant.key_id, provider=grant.provider, model=grant.model, provider_token=grant.provider_token, expires_at=int(time.time()) + 600
+    )
+    async with websockets.connect(f"{server.ws_url}/v1/realtime", subprotocols=["realtime", f"openai-insecure-api-key.{forged_long}"]) as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+    await asyncio.sleep(2.5)
+    assert (await refusal(server, forged_long))[0]["error"]["code"] == "invalid_api_key"
+
+
+async def test_a_bad_client_secret_is_called_one_without_saying_which(secrets_gateway):
+    server, _ = secrets_gateway
+    token = (await mint(server)).json()["value"]
+    forged = token[:20] + ("A" if token[20] != "A" else "B") + token[21:]
+    async with httpx.AsyncClient() as http:
+        await http.post(f"{server.url}/api/client_secrets/revoke", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, json={"token": token})
+        for bad in (forged, token):
+            event, _, _ = await refusal(server, bad, via="header")
+            assert event["error"]["message"] == "Incorrect API key provided. The client secret is invalid, expired or revoked."
+            call = await http.post(f"{server.url}/v1/realtime/calls", headers={"Authorization": f"Bearer {bad}", "Content-Type": "application/sdp"}, content="v=0\r\n")
+            assert call.status_code == 401 and call.json()["error"]["message"].endswith("invalid, expired or revoked.")
+        event, _, _ = await refusal(server, "sk-bf-not-a-key", via="header")
+        assert "not a virtual key known to this gateway" in event["error"]["message"]

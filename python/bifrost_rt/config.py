@@ -212,7 +212,9 @@ class ClientSecretsConfig(_Strict):
         description="seals gateway client secrets; every instance that should accept a token needs the same one. "
         "Unset: minting is disabled (503).",
     )
-    max_ttl_s: int = Field(7200, ge=10, description="the longest a provider secret can live; bounds revocation records")
+    max_ttl_s: int = Field(
+        7200, ge=1, description="the longest any client secret lives from its minting (longer requests are capped); revocations last as long"
+    )
     upstream_timeout_s: float = Field(10.0, gt=0)
 
     @field_validator("secret")

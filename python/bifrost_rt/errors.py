@@ -88,6 +88,16 @@ def invalid_credential() -> RealtimeError:
     )
 
 
+def invalid_client_secret() -> RealtimeError:
+    """A gateway client secret that is forged, expired or revoked; which of these is not said."""
+    return RealtimeError(
+        "invalid_request_error",
+        "invalid_api_key",
+        "Incorrect API key provided. The client secret is invalid, expired or revoked.",
+        close_code=CLOSE_AUTH,
+    )
+
+
 def missing_model() -> RealtimeError:
     return RealtimeError(
         "invalid_request_error",

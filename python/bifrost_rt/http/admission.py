@@ -37,10 +37,10 @@ async def admit(
     if is_gateway_token(credential):
         grant = await _open_client_secret(gateway, credential)
         if grant is None:
-            return errors.invalid_credential()
+            return errors.invalid_client_secret()
         principal = gateway.authenticator.by_key_id(grant.key_id)
         if principal is None:  # the minting key was removed from the configuration
-            return errors.invalid_credential()
+            return errors.invalid_client_secret()
         if model is not None and model != grant.model:
             return errors.model_not_allowed(model)
         route = gateway.models.resolve(grant.model, path_provider)

@@ -22,6 +22,8 @@ from bifrost_rt.state.kv import KVUnavailable
 from bifrost_rt.http.handshake import scope_headers
 from bifrost_rt.http.error_responses import error_response, provider_error_response
 
+_PROVIDER_MIN_TTL_S = 10  # the shortest `expires_after.seconds` the API accepts
+
 logger = logging.getLogger("bifrost_rt.client_secrets")
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -135,6 +137,11 @@ class ClientSecretEndpoint:
             return error_response(429 if refusal.type != "server_error" else 503, refusal.type, refusal.code, refusal.message)
 
         upstream_body: dict[str, Any] = {"session": {**session, "model": route.upstream_model, "type": session.get("type") or "realtime"}}
+        max_ttl_s = int(gateway.config.client_secrets.max_ttl_s)
+        if isinstance(expires_after, dict) and isinstance(expires_after.get("seconds"), int) and expires_after["seconds"] > max_ttl_s:
+            # No token outlives client_secrets.max_ttl_s (the gateway token's own expiry is capped at sealing); the
+            # provider's secret is asked for no longer, within the API's own 10 s minimum.
+            expires_after = {**expires_after, "seconds": max(_PROVIDER_MIN_TTL_S, max_ttl_s)}
         if expires_after is not None:
             upstream_body["expires_after"] = expires_after
         forwarded = {name: headers[name] for name in _FORWARDED_HEADERS if name in headers}
@@ -155,6 +162,8 @@ class ClientSecretEndpoint:
             provider_token, expires_at = minted["value"], int(minted["expires_at"])
             if not isinstance(provider_token, str) or not provider_token:
                 raise ValueError
+            expires_at = gateway.client_secrets.capped_expiry(expires_at)
+            minted["expires_at"] = expires_at
         except (ValueError, KeyError, TypeError):
             return error_response(502, "server_error", "upstream_invalid_response", "The realtime provider returned an invalid client secret.")
 

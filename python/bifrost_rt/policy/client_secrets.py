@@ -51,10 +51,15 @@ def is_gateway_token(credential: str) -> bool:
 
 
 class ClientSecrets:
-    def __init__(self, secret: str, kv: KVStore) -> None:
+    def __init__(self, secret: str, kv: KVStore, max_ttl_s: float = 7200) -> None:
         key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"bifrost-rt client secrets").derive(secret.encode())
         self._aead = AESGCM(key)
         self._kv = kv
+        # No token outlives this from its minting, whatever it asked for: revocation records live exactly as long.
+        self.max_ttl_s = max_ttl_s
+
+    def capped_expiry(self, expires_at: int, now: float | None = None) -> int:
+        return min(int(expires_at), int((time.time() if now is None else now) + self.max_ttl_s))
 
     def seal(self, *, key_id: str, provider: str, model: str | None, provider_token: str, expires_at: int) -> str:
         payload = orjson.dumps(
@@ -64,7 +69,7 @@ class ClientSecrets:
                 "p": provider,
                 "m": model,
                 "t": provider_token,
-                "x": int(expires_at),
+                "x": self.capped_expiry(expires_at),
                 "n": time.time(),
             }
         )
@@ -74,7 +79,8 @@ class ClientSecrets:
 
     async def open(self, token: str) -> Grant:
         grant = self._unseal(token)
-        if grant.expires_at <= time.time():
+        now = time.time()
+        if grant.expires_at <= now or grant.minted_at + self.max_ttl_s <= now:
             raise InvalidToken("client secret expired")
         if await self._kv.get(_REVOKED_TOKEN + grant.token_id) is not None:
             raise InvalidToken("client secret revoked")

@@ -61,7 +61,9 @@ class Gateway:
             lease_s=config.governance.lease_s,
         )
         secret = config.client_secrets.secret
-        self.client_secrets = ClientSecrets(secret.get_secret_value(), self.kv) if secret is not None else None
+        self.client_secrets = (
+            ClientSecrets(secret.get_secret_value(), self.kv, config.client_secrets.max_ttl_s) if secret is not None else None
+        )
         self.http = httpx.AsyncClient()  # provider REST calls (client secrets)
 
         self.turn_log = self._turn_log_store()
