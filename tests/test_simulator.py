@@ -830,3 +830,33 @@ def test_every_emitted_event_type_was_seen_and_validated() -> None:
         pytest.skip("run together with the scenario tests above")
     assert EMITTED_EVENT_TYPES - SEEN_TYPES == set()
     assert SEEN_TYPES <= EMITTED_EVENT_TYPES
+
+
+NULL_RESPONSE_FIELDS = {
+    "instructions": None, "output_modalities": None, "tools": None, "tool_choice": None, "max_output_tokens": None,
+    "conversation": None, "input": None, "audio": {"output": {"voice": None, "format": None}}, "metadata": None,
+}
+
+
+@pytest.mark.parametrize("path", ["direct", "through the gateway"])
+async def test_null_optional_fields_are_unset_not_errors(simulator, start_gateway, path):
+    """livekit-agents' default generate_reply() sends `"instructions": null`; the API treats null as unset."""
+    if path == "direct":
+        url, headers = f"{simulator.ws_url}/v1/realtime?model=gpt-realtime", {"Authorization": "Bearer sk-test"}
+    else:
+        gateway, _ = start_gateway(f"{simulator.url}/v1")
+        url, headers = f"{gateway.ws_url}/v1/realtime?model=gpt-realtime", {"Authorization": "Bearer sk-bf-test-team"}
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        await ws.send(json.dumps({"type": "session.update", "session": {
+            "type": "realtime", "instructions": None, "tools": None, "output_modalities": ["text"],
+            "audio": {"input": {"format": None, "turn_detection": None}, "output": None},
+        }}))
+        updated = json.loads(await ws.recv())
+        assert updated["type"] == "session.updated", updated
+        assert updated["session"]["audio"]["input"]["turn_detection"] is None  # null still turns VAD off
+        await ws.send(json.dumps({"type": "response.create", "response": NULL_RESPONSE_FIELDS}))
+        types = []
+        while not types or types[-1] not in ("response.done", "error"):
+            types.append(json.loads(await asyncio.wait_for(ws.recv(), 10))["type"])
+        assert "error" not in types and types[-1] == "response.done"

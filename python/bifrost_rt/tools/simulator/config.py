@@ -123,11 +123,17 @@ def apply_session_update(session: dict[str, Any], update: Any) -> dict[str, Any]
             raise unknown_parameter(f"session.{key}")
     merged = copy.deepcopy(session)
     for key, value in update.items():
+        if value is None and key not in _NULL_MEANS_OFF:
+            continue  # null leaves an optional field as it is, as the API does
         if key == "audio":
             _merge_audio(merged.setdefault("audio", {}), value, realtime=kind == "realtime")
         elif key != "type":
             merged[key] = _checked_field(key, value, "session")
     return merged
+
+
+# Fields whose null means something (no prompt, no tracing, no turn detection...); any other null is "unset".
+_NULL_MEANS_OFF = frozenset({"prompt", "reasoning", "tracing", "include", "metadata", "turn_detection", "transcription", "noise_reduction"})
 
 
 def _checked_field(key: str, value: Any, prefix: str) -> Any:
@@ -169,6 +175,8 @@ def _merge_audio(audio: dict[str, Any], update: Any, *, realtime: bool) -> None:
     for side, value in update.items():
         if side not in ("input", "output") or (side == "output" and not realtime):
             raise unknown_parameter(f"session.audio.{side}")
+        if value is None:
+            continue
         param = f"session.audio.{side}"
         _expect(isinstance(value, dict), param, "an object")
         allowed = _AUDIO_INPUT_FIELDS if side == "input" else _AUDIO_OUTPUT_FIELDS
@@ -176,6 +184,8 @@ def _merge_audio(audio: dict[str, Any], update: Any, *, realtime: bool) -> None:
         for key, field in value.items():
             if key not in allowed:
                 raise unknown_parameter(f"{param}.{key}")
+            if field is None and key not in _NULL_MEANS_OFF:
+                continue
             target[key] = _audio_field(key, field, f"{param}.{key}")
 
 
@@ -231,6 +241,8 @@ def check_response_params(params: Any) -> dict[str, Any]:
         param = f"response.{key}"
         if key not in _RESPONSE_FIELDS:
             raise unknown_parameter(param)
+        if value is None and key not in _NULL_MEANS_OFF:
+            continue  # null is "unset": livekit-agents sends `"instructions": null`, and the API accepts it
         if key == "conversation":
             if value not in ("auto", "none"):
                 raise invalid_value(param, f"Invalid value: '{value}'. Supported values are: 'auto' and 'none'.")
@@ -246,13 +258,13 @@ def check_response_params(params: Any) -> dict[str, Any]:
             _expect(isinstance(value, list) and all(isinstance(i, dict) for i in value), param, "an array of items")
             checked[key] = value
         elif key == "audio":
-            _expect(isinstance(value, dict) and set(value) <= {"output"} and isinstance(value.get("output", {}), dict),
+            _expect(isinstance(value, dict) and set(value) <= {"output"} and isinstance(value.get("output") or {}, dict),
                     param, "an object with 'output'")
-            output = value.get("output", {})
+            output = value.get("output") or {}
             for field in output:
                 if field not in ("format", "voice"):
                     raise unknown_parameter(f"{param}.output.{field}")
-            checked[key] = {"output": {k: _audio_field(k, v, f"{param}.output.{k}") for k, v in output.items()}}
+            checked[key] = {"output": {k: _audio_field(k, v, f"{param}.output.{k}") for k, v in (output or {}).items() if v is not None}}
         else:
             checked[key] = _checked_field(key, value, "response")
     return checked
