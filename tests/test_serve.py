@@ -251,3 +251,10 @@ def test_demo_holds_a_conversation_and_reads_it_back_from_the_turn_log(tmp_path)
     assert sum(line.strip().startswith("turn ") and "completed" in line for line in lines) == 4
     assert any(line.startswith("GET /api/logs/sessions/demo-") and "→ 4 turns" in line for line in lines)
     assert list(tmp_path.iterdir()) == []  # the demo keeps its SQLite file in a temporary directory
+
+
+def test_the_demo_without_its_client_names_the_extra_that_brings_it(tmp_path):
+    hide_openai = "import sys; sys.modules['openai'] = None; from bifrost_rt.cli import main; sys.exit(main(['demo']))"
+    result = subprocess.run([sys.executable, "-c", hide_openai], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "pip install 'bifrost-rt[demo]'" in result.stderr

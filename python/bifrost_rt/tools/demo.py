@@ -161,7 +161,7 @@ def run_demo() -> int:
     try:
         import openai  # noqa: F401
     except ImportError:
-        print("bifrost-rt demo needs openai-python: pip install 'bifrost-rt[test]'", file=sys.stderr)
+        print("bifrost-rt demo talks to the gateway with openai-python: pip install 'bifrost-rt[demo]'", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="bifrost-rt-demo-") as workdir:
         return asyncio.run(_demo(workdir))
