@@ -384,3 +384,18 @@ async def test_permessage_deflate_is_a_deliberate_choice(simulator, start_gatewa
     async with websockets.connect(ws_url(compressed), **auth) as ws:
         assert [e.name for e in ws.protocol.extensions] == ["permessage-deflate"]
         assert (await recv_json(ws))["type"] == "session.created"
+
+
+async def test_client_chosen_strings_reach_records_and_log_lines_bounded(gateway):
+    server, sink = gateway
+    huge_id = "e" * (1 << 20)
+    metadata = {f"key{n}": "v" * 4096 for n in range(16)}
+    async with websockets.connect(f"{server.ws_url}/v1/realtime?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {VIRTUAL_KEY}"}, max_size=None) as ws:
+        await recv_json(ws)
+        await ws.send(json.dumps({"type": "response.create", "event_id": huge_id, "response": {"output_modalities": ["text"], "metadata": metadata}}))
+        await recv_until(ws, "response.done")
+    (record,) = await asyncio.to_thread(sink.wait_for, 1)
+    assert record.metadata["client_event_ids"] == [huge_id[:256]]
+    assert record.metadata["response_metadata_truncated"] is True
+    assert all(len(value) == 512 for value in record.metadata["response_metadata"].values())
+    assert len(record.to_json()) < 32 * 1024  # the log line, which is this JSON, stays small too
