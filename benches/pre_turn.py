@@ -17,12 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from redis_service import RedisServer  # noqa: E402
-
 from bifrost_rt.config import Budget, KeyPolicy, RateLimits, TeamPolicy
 from bifrost_rt.policy.governance import Governance
 from bifrost_rt.state.kv import KVStore, MemoryKV
 from bifrost_rt.state.redis_kv import RedisKV
+
+from redis_service import RedisServer  # noqa: E402
 
 KEY = "vk_bench"
 KEYS = {

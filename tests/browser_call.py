@@ -35,19 +35,20 @@ from typing import Any
 
 import httpx
 import orjson
-from conftest import VIRTUAL_KEY, CapturingSink, gateway_config
-from servers import ServerThread
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from bifrost_rt.runtime.app import create_app
 from bifrost_rt.config import parse_config
 from bifrost_rt.records import TurnRecord
+from bifrost_rt.runtime.app import create_app
 from bifrost_rt.runtime.server import uvicorn_settings
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
+
+from conftest import VIRTUAL_KEY, CapturingSink, gateway_config
+from servers import ServerThread
 
 SIMULATOR_KEY = "sk-browser-test"
 CLIENT_SECRETS_SECRET = "browser-call-client-secret-sealing-key-0123456789"

@@ -9,13 +9,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from servers import ServerThread
 
-from bifrost_rt.runtime.app import create_app
 from bifrost_rt.config import parse_config
+from bifrost_rt.records import TurnRecord
+from bifrost_rt.runtime.app import create_app
 from bifrost_rt.runtime.server import uvicorn_settings
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
-from bifrost_rt.records import TurnRecord
+
+from servers import ServerThread
 
 VIRTUAL_KEY = "sk-bf-test-team"
 PROVIDER_KEY = "sk-provider-secret-never-shown"

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from services import free_port
 
 STARTUP_TIMEOUT_S = 10.0

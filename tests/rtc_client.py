@@ -8,8 +8,7 @@ import asyncio
 import fractions
 import math
 from array import array
-from collections.abc import AsyncIterator
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from itertools import pairwise
 from typing import Any
@@ -22,8 +21,8 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from openai.types.realtime import RealtimeServerEvent
 
-from bifrost_rt.tools.simulator.webrtc import FRAME_SAMPLES, OPUS_RATE
 from bifrost_rt.rtc.aiortc_hooks import LOOPBACK, restrict_host_candidates
+from bifrost_rt.tools.simulator.webrtc import FRAME_SAMPLES, OPUS_RATE
 
 from servers import ServerThread
 

@@ -16,10 +16,11 @@ import pytest
 from aioice.ice import Connection, StunProtocol
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.rtcdtlstransport import RTCDtlsTransport
-from rtc_client import TIMEOUT_S, Microphone
 
 from bifrost_rt import _native
 from bifrost_rt.rtc.aiortc_hooks import AIORTC_VERSION, LOOPBACK, check_version, restrict_host_candidates, tap_rtp, watch_datagrams
+
+from rtc_client import TIMEOUT_S, Microphone
 
 
 def test_the_installed_aiortc_is_the_pinned_version() -> None:

@@ -9,6 +9,7 @@ import argparse
 import json
 
 import pytest
+
 from bifrost_rt.tools.bench import add_arguments, run_from_args
 
 TARGETS = ["direct", "floor", "gateway"]

@@ -17,9 +17,10 @@ from typing import Any
 
 import orjson
 import pytest
-from browser_call import RESPONSE_AUDIO_MS
 
 from bifrost_rt.tools.simulator.audio import TONE_HZ
+
+from browser_call import RESPONSE_AUDIO_MS
 
 SCRIPT = Path(__file__).with_name("browser_call.py")
 CALL_TIMEOUT_S = 60  # the script's own limit; the subprocess gets a margin on top

@@ -12,13 +12,14 @@ import time
 import httpx
 import pytest
 import websockets
-from conftest import PROVIDER_KEY, VIRTUAL_KEY
 from openai import AsyncOpenAI
 from test_serve import free_port, wait_until_listening
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bifrost_rt.policy.client_secrets import ClientSecrets
 from bifrost_rt.state.kv import MemoryKV
+
+from conftest import PROVIDER_KEY, VIRTUAL_KEY
 
 SECRET = "test-client-secret-signing-key"
 ADMIN_KEY = "adm-test-key"

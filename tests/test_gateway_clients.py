@@ -8,8 +8,9 @@ import math
 import struct
 
 import pytest
-from conftest import VIRTUAL_KEY
 from openai import AsyncOpenAI
+
+from conftest import VIRTUAL_KEY
 
 # gpt-realtime list prices, USD per 1M tokens (the shipped table), written out so costs are hand-computed here.
 TEXT_IN, TEXT_CACHED, TEXT_OUT = 4.00, 0.40, 16.00

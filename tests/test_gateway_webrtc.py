@@ -16,18 +16,18 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from conftest import PROVIDER_KEY, VIRTUAL_KEY, CapturingSink, gateway_config, recv_json, recv_until
 from openai import AsyncOpenAI
-from rtc_client import TIMEOUT_S, Caller, call, rms, zero_crossing_hz
 
-from bifrost_rt.runtime.app import create_app
 from bifrost_rt.config import parse_config
 from bifrost_rt.policy.hooks import Decision, Plugin
+from bifrost_rt.rtc.aiortc_hooks import LOOPBACK
+from bifrost_rt.runtime.app import create_app
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
 from bifrost_rt.tools.simulator.audio import TONE_HZ
 from bifrost_rt.tools.simulator.webrtc import OPUS_RATE
-from bifrost_rt.rtc.aiortc_hooks import LOOPBACK
 
+from conftest import PROVIDER_KEY, VIRTUAL_KEY, CapturingSink, gateway_config, recv_json, recv_until
+from rtc_client import TIMEOUT_S, Caller, call, rms, zero_crossing_hz
 from servers import ServerThread
 
 MODEL_PATH = "/v1/realtime/calls?model=gpt-realtime"

@@ -10,11 +10,11 @@ import urllib.request
 
 import pytest
 import websockets
-from conftest import PROVIDER_KEY, VIRTUAL_KEY, recv_json, recv_until
-from servers import ServerThread
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
+from conftest import PROVIDER_KEY, VIRTUAL_KEY, recv_json, recv_until
+from servers import ServerThread
 
 
 def ws_url(server: ServerThread, path: str = "/v1/realtime", query: str = "model=gpt-realtime") -> str:

@@ -8,13 +8,14 @@ import threading
 
 import pytest
 import websockets
-from conftest import VIRTUAL_KEY, recv_json, recv_until
-from servers import ServerThread
 from websockets.exceptions import ConnectionClosed
 
 from bifrost_rt.policy.hooks import Decision, Plugin, SessionInfo, TurnRequest
-from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
 from bifrost_rt.records import TurnRecord
+from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
+
+from conftest import VIRTUAL_KEY, recv_json, recv_until
+from servers import ServerThread
 
 
 class KeywordPolicy(Plugin):

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import websockets
 import yaml
-from conftest import VIRTUAL_KEY
-from servers import ServerThread
 from test_metrics import samples
 from test_serve import free_port, wait_until_listening, write_config
 
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
+
+from conftest import VIRTUAL_KEY
+from servers import ServerThread
 
 HEAD_TIMEOUT_S = 1
 UPGRADE = (

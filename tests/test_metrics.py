@@ -7,10 +7,11 @@ import json
 
 import httpx
 import websockets
-from conftest import VIRTUAL_KEY
 from prometheus_client.parser import text_string_to_metric_families
 
 from bifrost_rt.policy.hooks import Plugin, TurnRequest
+
+from conftest import VIRTUAL_KEY
 
 
 class Faulty(Plugin):

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import httpx
 import websockets
-from conftest import VIRTUAL_KEY
-from servers import ServerThread
 from test_http_limits import gateway_process
 from test_metrics import samples
 
 from bifrost_rt.policy.auth import key_id
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
+
+from conftest import VIRTUAL_KEY
+from servers import ServerThread
 
 METRICS_TOKEN = "metrics-scrape-token-for-tests"
 

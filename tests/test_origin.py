@@ -13,12 +13,13 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from conftest import VIRTUAL_KEY
-from rtc_client import TIMEOUT_S, Caller
-from servers import ServerThread
 from test_metrics import samples
 
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
+
+from conftest import VIRTUAL_KEY
+from rtc_client import TIMEOUT_S, Caller
+from servers import ServerThread
 
 APP_ORIGIN = "https://app.example"
 EVIL_ORIGIN = "https://evil.example"

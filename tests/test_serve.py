@@ -12,14 +12,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from services import free_port
 import websockets
-from conftest import VIRTUAL_KEY
-from servers import ServerThread
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bifrost_rt.config import ConfigError, load_config, parse_config
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
+
+from conftest import VIRTUAL_KEY
+from servers import ServerThread
+from services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,13 +15,13 @@ from typing import Any
 import httpx
 import pytest
 from openai import AsyncOpenAI
-from rtc_client import KEY, TIMEOUT_S, Caller, call, hang_up, rms, zero_crossing_hz
 
+from bifrost_rt.rtc.aiortc_hooks import LOOPBACK
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
 from bifrost_rt.tools.simulator.audio import TONE_HZ
 from bifrost_rt.tools.simulator.webrtc import OPUS_RATE
-from bifrost_rt.rtc.aiortc_hooks import LOOPBACK
 
+from rtc_client import KEY, TIMEOUT_S, Caller, call, hang_up, rms, zero_crossing_hz
 from servers import ServerThread
 
 RESPONSE_MS = 600

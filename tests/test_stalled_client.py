@@ -11,10 +11,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import websockets
-from conftest import VIRTUAL_KEY
-from servers import ServerThread
 
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
+
+from conftest import VIRTUAL_KEY
+from servers import ServerThread
 
 MODEL = "gpt-realtime"
 

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 import websockets
-from conftest import VIRTUAL_KEY, CapturingSink, gateway_config
-from rtc_client import TIMEOUT_S, call
 
 from bifrost_rt.config import parse_config
 from bifrost_rt.policy.hooks import Decision, Plugin
 from bifrost_rt.runtime.app import create_app
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
+
+from conftest import VIRTUAL_KEY, CapturingSink, gateway_config
+from rtc_client import TIMEOUT_S, call
 from servers import ServerThread
 
 MAX_FRAME = 4096

@@ -16,11 +16,11 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-from servers import ServerThread
-from services import PostgresServer, free_port, postgres_dsn, postgres_server  # noqa: F401 (fixtures)
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from bifrost_rt.http.logs_api import LogsApi
+from bifrost_rt.records import TurnRecord
 from bifrost_rt.state.turn_log import (
     SpoolingStore,
     SQLiteTurnStore,
@@ -28,12 +28,14 @@ from bifrost_rt.state.turn_log import (
     TurnLogStore,
     TurnQuery,
     condition,
+    postgres,
+    schema,
 )
-from bifrost_rt.state.turn_log import postgres, schema
 from bifrost_rt.state.turn_log.postgres import PostgresTurnStore
-from bifrost_rt.http.logs_api import LogsApi
-from bifrost_rt.records import TurnRecord
 from bifrost_rt.state.turn_writer import TurnWriter
+
+from servers import ServerThread
+from services import PostgresServer, free_port, postgres_dsn, postgres_server  # noqa: F401 (fixtures)
 
 BASE = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 ADMIN_KEY = "sk-admin-test"

@@ -12,11 +12,12 @@ import httpx
 import pytest
 import websockets
 import yaml
-from conftest import VIRTUAL_KEY, recv_json, recv_until
 from openai import AsyncOpenAI
 from test_serve import free_port, wait_until_listening
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
+
+from conftest import VIRTUAL_KEY, recv_json, recv_until
 
 pytest_plugins = ["redis_service"]
 

@@ -14,8 +14,8 @@ from typing import Protocol
 
 from bifrost_rt import errors
 from bifrost_rt.config import RealtimeConfig
-from bifrost_rt.errors import RealtimeError
 from bifrost_rt.core.session import RealtimeSession
+from bifrost_rt.errors import RealtimeError
 from bifrost_rt.tasks import stop_task
 
 logger = logging.getLogger("bifrost_rt.registry")

@@ -6,10 +6,10 @@ import logging
 from dataclasses import dataclass
 
 from bifrost_rt import errors
-from bifrost_rt.policy.auth import Principal
-from bifrost_rt.policy.client_secrets import Grant, InvalidToken, is_gateway_token
 from bifrost_rt.errors import RealtimeError
 from bifrost_rt.http.services import Services
+from bifrost_rt.policy.auth import Principal
+from bifrost_rt.policy.client_secrets import Grant, InvalidToken, is_gateway_token
 from bifrost_rt.providers import Route
 from bifrost_rt.state.kv import KVUnavailable
 

@@ -19,15 +19,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bifrost_rt import __version__, errors
-from bifrost_rt.policy.auth import presented_credential
-from bifrost_rt.errors import RealtimeError, new_id
-from bifrost_rt.http.services import Services
-from bifrost_rt.http.admission import Admission, admit
-from bifrost_rt.http.handshake import baggage_session_id, scope_headers
-from bifrost_rt.http.error_responses import error_response, provider_error_response
-from bifrost_rt.rtc.offers import OfferError, read_offer
 from bifrost_rt.core import ending as endings
 from bifrost_rt.core.relay import Relay
+from bifrost_rt.errors import RealtimeError, new_id
+from bifrost_rt.http.admission import Admission, admit
+from bifrost_rt.http.error_responses import error_response, provider_error_response
+from bifrost_rt.http.handshake import baggage_session_id, scope_headers
+from bifrost_rt.http.services import Services
+from bifrost_rt.policy.auth import presented_credential
+from bifrost_rt.rtc.offers import OfferError, read_offer
 
 if TYPE_CHECKING:  # aiortc loads with the first call, not with the WebSocket path
     from bifrost_rt.wire.webrtc import Call

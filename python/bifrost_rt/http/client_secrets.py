@@ -15,12 +15,12 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from bifrost_rt.http.error_responses import error_response, provider_error_response
+from bifrost_rt.http.handshake import scope_headers
+from bifrost_rt.http.services import Services
 from bifrost_rt.policy.auth import presented_credential
 from bifrost_rt.policy.client_secrets import InvalidToken, is_gateway_token
-from bifrost_rt.http.services import Services
 from bifrost_rt.state.kv import KVUnavailable
-from bifrost_rt.http.handshake import scope_headers
-from bifrost_rt.http.error_responses import error_response, provider_error_response
 
 _PROVIDER_MIN_TTL_S = 10  # the shortest `expires_after.seconds` the API accepts
 

@@ -21,10 +21,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from bifrost_rt.policy.auth import presented_credential
 from bifrost_rt.errors import RealtimeError
-from bifrost_rt.state.turn_log import ORDERS, Row, StoreUnavailable, TurnLogStore
 from bifrost_rt.http.handshake import scope_headers
+from bifrost_rt.policy.auth import presented_credential
+from bifrost_rt.state.turn_log import ORDERS, Row, StoreUnavailable, TurnLogStore
 
 logger = logging.getLogger("bifrost_rt.logs_api")
 

@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 from bifrost_rt import errors
 from bifrost_rt.errors import RealtimeError
-from bifrost_rt.tasks import stop_task
 from bifrost_rt.records import TurnRecord
+from bifrost_rt.tasks import stop_task
 
 logger = logging.getLogger("bifrost_rt.hooks")
 

@@ -8,25 +8,24 @@ import os
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from bifrost_rt.config import GatewayConfig, load_config
-from bifrost_rt.runtime.gateway import Gateway
-from bifrost_rt.policy.hooks import Plugin
 from bifrost_rt.http.calls import CallRelay
 from bifrost_rt.http.client_secrets import ClientSecretEndpoint, RevokeEndpoint
 from bifrost_rt.http.error_responses import error_response
 from bifrost_rt.http.logs_api import LogsApi
 from bifrost_rt.http.origin import origin_checked
 from bifrost_rt.http.realtime import RealtimeWebSocketEndpoint
+from bifrost_rt.policy.hooks import Plugin
+from bifrost_rt.runtime.gateway import Gateway
 from bifrost_rt.state.turn_writer import TurnSink
-
 
 # What browsers may send on preflighted requests (SDKs add the agents and beta headers).
 CORS_ALLOWED_HEADERS = [

@@ -10,21 +10,21 @@ from collections.abc import Iterable
 import httpx
 
 from bifrost_rt import errors
+from bifrost_rt.config import GatewayConfig, KeyPolicy
+from bifrost_rt.core.registry import SessionRegistry
+from bifrost_rt.core.session import RealtimeSession
 from bifrost_rt.policy.auth import Authenticator, Principal, key_id
 from bifrost_rt.policy.client_secrets import ClientSecrets
-from bifrost_rt.config import GatewayConfig, KeyPolicy
 from bifrost_rt.policy.governance import Governance, GovernancePlugin
 from bifrost_rt.policy.hooks import HookPipeline, Plugin, load_plugin
-from bifrost_rt.runtime.metrics import GatewayMetrics
 from bifrost_rt.policy.pricing import PriceTable
 from bifrost_rt.providers import ModelResolver, Route
 from bifrost_rt.records import TurnRecord
-from bifrost_rt.core.registry import SessionRegistry
-from bifrost_rt.core.session import RealtimeSession
+from bifrost_rt.runtime.metrics import GatewayMetrics
 from bifrost_rt.state.kv import KVStore, MemoryKV
 from bifrost_rt.state.turn_log import SpoolingStore, SQLiteTurnStore
-from bifrost_rt.tasks import stop_task
 from bifrost_rt.state.turn_writer import LogLineSink, TurnSink, TurnWriter
+from bifrost_rt.tasks import stop_task
 
 logger = logging.getLogger("bifrost_rt.gateway")
 

@@ -11,13 +11,12 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
-
 from starlette.applications import Starlette
 
 from bifrost_rt import __version__
-from bifrost_rt.runtime.app import create_app
 from bifrost_rt.config import GatewayConfig, RealtimeConfig, load_config
 from bifrost_rt.runtime import ws_protocol
+from bifrost_rt.runtime.app import create_app
 from bifrost_rt.runtime.gateway import Gateway
 from bifrost_rt.runtime.http_limits import H11_PROTOCOL, HTTPTOOLS_PROTOCOL, HeadLimits, attach_limits
 

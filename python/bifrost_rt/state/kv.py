@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 
-
 class KVUnavailable(Exception):
     """The store could not be reached or refused the operation; callers fail open or closed by policy."""
 

@@ -14,11 +14,11 @@ import tempfile
 
 import uvicorn
 
-from bifrost_rt.runtime.app import create_app
 from bifrost_rt.config import parse_config
+from bifrost_rt.records import TurnRecord
+from bifrost_rt.runtime.app import create_app
 from bifrost_rt.runtime.server import uvicorn_settings
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
-from bifrost_rt.records import TurnRecord
 
 DEMO_KEY = "sk-bf-demo"
 DEMO_ADMIN_KEY = "demo-admin-key"

@@ -21,8 +21,15 @@ from collections.abc import Callable
 from typing import Any
 
 import av
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection
-from aiortc import RTCBundlePolicy, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError
 
 from bifrost_rt import _native, errors

@@ -50,11 +50,11 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import is_rtcp
 from pylibsrtp import Error as SrtpError
 
+from bifrost_rt.rtc.aiortc_hooks import LOOPBACK, restrict_host_candidates
+from bifrost_rt.rtc.codecs import EVENTS_CHANNEL, OPUS_RATE, opus_codecs
 from bifrost_rt.tools.bench.procs import BenchError
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
 from bifrost_rt.tools.simulator import webrtc as sim_webrtc
-from bifrost_rt.rtc.aiortc_hooks import LOOPBACK, restrict_host_candidates
-from bifrost_rt.rtc.codecs import EVENTS_CHANNEL, OPUS_RATE, opus_codecs
 
 FRAME_SAMPLES = 960  # 20 ms
 FRAME_S = FRAME_SAMPLES / OPUS_RATE

@@ -27,11 +27,11 @@ from typing import Any, TypeVar
 import orjson
 from websockets.exceptions import WebSocketException
 
+from bifrost_rt.config import RealtimeConfig
+from bifrost_rt.runtime.server import uvicorn_settings
 from bifrost_rt.tools.bench import load, report
 from bifrost_rt.tools.bench.load import Counts, Meter, Target
 from bifrost_rt.tools.bench.procs import BenchError, Child, Children, can_pin, free_port, python_module
-from bifrost_rt.config import RealtimeConfig
-from bifrost_rt.runtime.server import uvicorn_settings
 
 RELAY_CPU, LOAD_CPU = 1, 0
 TARGETS = ("direct", "floor", "gateway", "governed")

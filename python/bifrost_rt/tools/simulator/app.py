@@ -27,12 +27,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.config import WS_PROTOCOLS
 
+from bifrost_rt.rtc.offers import OfferError, read_offer
 from bifrost_rt.tools.simulator.config import apply_session_update, fresh_copy, new_realtime_session, new_transcription_session
 from bifrost_rt.tools.simulator.events import ClientError
 from bifrost_rt.tools.simulator.ids import new_client_secret, new_id
 from bifrost_rt.tools.simulator.options import SimulatorOptions
 from bifrost_rt.tools.simulator.session import RealtimeSession
-from bifrost_rt.rtc.offers import OfferError, read_offer
 from bifrost_rt.tools.simulator.webrtc import Calls
 
 logger = logging.getLogger("bifrost_rt.simulator")

@@ -35,8 +35,8 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
-from bifrost_rt.rtc.codecs import EVENTS_CHANNEL, OPUS_RATE
 from bifrost_rt.rtc.aiortc_hooks import host_addresses, restrict_host_candidates
+from bifrost_rt.rtc.codecs import EVENTS_CHANNEL, OPUS_RATE
 from bifrost_rt.tools.simulator.audio import SAMPLE_RATE, TONE_AMPLITUDE, TONE_HZ, encode, format_kind
 from bifrost_rt.tools.simulator.ids import new_id
 from bifrost_rt.tools.simulator.options import SimulatorOptions
