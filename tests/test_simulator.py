@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import math
+import time
 import urllib.error
 import urllib.request
 from array import array
@@ -32,6 +33,7 @@ from bifrost_rt.tools.simulator.response import FAULT_AFTER_DELTAS
 from bifrost_rt.tools.simulator.usage import text_tokens
 from bifrost_rt.tools.simulator.vad import InputAudioBuffer, SpeechStarted, SpeechStopped, TurnDetection
 
+from conftest import VIRTUAL_KEY
 from servers import ServerThread
 
 SERVER_EVENT = pydantic.TypeAdapter(RealtimeServerEvent)
@@ -528,6 +530,106 @@ async def test_session_update_merges_into_full_session(fast: ServerThread) -> No
         assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
 
 
+# Optional fields the API reads as unset when they are null (livekit-agents sends `"instructions": null`).
+SESSION_UNSET = dict.fromkeys((
+    "model", "instructions", "output_modalities", "tools", "tool_choice", "max_output_tokens", "truncation",
+    "parallel_tool_calls", "audio",
+))
+RESPONSE_UNSET = dict.fromkeys((
+    "instructions", "output_modalities", "tools", "tool_choice", "max_output_tokens", "conversation", "input", "audio",
+    "parallel_tool_calls", "prompt", "reasoning", "metadata",
+))
+
+
+async def next_is(client: Client, event_type: str) -> dict[str, Any]:
+    event = await client.recv()
+    assert event["type"] == event_type, event
+    return event
+
+
+async def null_fields_read_as_unset(client: Client) -> None:
+    """Drives a session (past `session.created`) with null optional fields in every client event that has some."""
+    lookup = {"type": "function", "name": "lookup"}
+    await client.send("session.update", session={"type": "realtime", "instructions": "Be brief.",
+                                                  "output_modalities": ["text"], "tools": [lookup]})
+    configured = (await next_is(client, "session.updated"))["session"]
+    await client.send("session.update", session={"type": "realtime", **SESSION_UNSET})
+    assert (await next_is(client, "session.updated"))["session"] == configured
+    await client.send("session.update", session={"type": "realtime", "audio": {"input": None, "output": None}})
+    assert (await next_is(client, "session.updated"))["session"] == configured
+    await client.send("session.update", session={"type": "realtime", "audio": {
+        "input": {"format": {"type": "audio/pcm", "rate": None}, "noise_reduction": {"type": "near_field"},
+                  "turn_detection": {"type": None, "threshold": None, "silence_duration_ms": 700,
+                                     "create_response": None}},
+        "output": {"format": None, "voice": None, "speed": None},
+    }})
+    session = (await next_is(client, "session.updated"))["session"]
+    assert session["audio"]["output"] == configured["audio"]["output"]
+    assert session["audio"]["input"]["format"] == configured["audio"]["input"]["format"]
+    assert session["audio"]["input"]["turn_detection"] == {**configured["audio"]["input"]["turn_detection"],
+                                                           "silence_duration_ms": 700}
+    # Where null is a value, it still turns the feature off.
+    await client.send("session.update", session={"type": "realtime", "tracing": None, "audio": {
+        "input": {"turn_detection": None, "transcription": None, "noise_reduction": None}}})
+    session = (await next_is(client, "session.updated"))["session"]
+    assert session["audio"]["input"]["turn_detection"] is None and session["audio"]["input"]["noise_reduction"] is None
+
+    await client.send("conversation.item.create", previous_item_id=None, item={
+        "id": None, "type": "message", "role": "user", "status": None,
+        "content": [{"type": "input_text", "text": "hello"},
+                    {"type": "input_image", "image_url": "data:,", "detail": None}]})
+    added = (await next_is(client, "conversation.item.added"))["item"]
+    await client.expect("conversation.item.done")
+    assert added["id"].startswith("item_") and added["content"][1]["detail"] == "auto"
+    await client.send("response.create", response=RESPONSE_UNSET)
+    await next_is(client, "response.created")
+    done = (await client.until("rate_limits.updated"))[-2]["response"]
+    assert done["status"] == "completed" and done["conversation_id"] is not None
+    assert done["output_modalities"] == ["text"] and done["output"][0]["type"] == "message"
+    # The session's instructions were read: "Be brief." and the user's text are the whole text input.
+    assert done["usage"]["input_tokens"] == text_tokens("Be brief.") + text_tokens("hello")
+    for audio in ({"output": None}, {"output": {"voice": None, "format": None}}):
+        await client.send("response.create", response={"output_modalities": ["audio"], "audio": audio})
+        await next_is(client, "response.created")
+        done = (await client.until("rate_limits.updated"))[-2]["response"]
+        assert done["status"] == "completed" and done["audio"]["output"]["voice"] == "alloy"
+
+    spoken = done["output"][0]
+    await client.send("conversation.item.truncate", item_id=spoken["id"], content_index=None, audio_end_ms=10)
+    assert (await next_is(client, "conversation.item.truncated"))["content_index"] == 0
+    await client.send("conversation.item.create", item={"type": "function_call", "name": "lookup", "call_id": None,
+                                                        "arguments": None})
+    call = (await next_is(client, "conversation.item.added"))["item"]
+    await client.expect("conversation.item.done")
+    assert call["arguments"] == "" and call["call_id"].startswith("call_")
+    await client.send("response.cancel", response_id=None)
+    assert (await client.recv())["error"]["code"] == "response_cancel_not_active"
+
+
+async def test_null_optional_fields_read_as_unset(fast: ServerThread) -> None:
+    async with connect(fast) as client:
+        await client.expect("session.created")
+        await null_fields_read_as_unset(client)
+    status, body = await http("POST", f"{fast.url}/v1/realtime/client_secrets", "sk-test", {
+        "expires_after": {"anchor": None, "seconds": None}, "session": {"type": "realtime", "instructions": None}})
+    assert status == 200, body
+    assert body["session"]["instructions"] == DEFAULT_INSTRUCTIONS and body["expires_at"] > time.time() + 590
+    # Null is not a way around the checks: unknown fields and missing required ones are still refused.
+    async with connect(fast) as client:
+        await client.expect("session.created")
+        await client.send("response.create", response={"modalities": None})
+        assert (await client.recv())["error"]["param"] == "response.modalities"
+        await client.send("session.update", session={"type": None, "instructions": None})
+        assert (await client.recv())["error"]["code"] == "missing_required_parameter"
+
+
+async def test_null_optional_fields_through_the_gateway(fast: ServerThread, start_gateway: Any) -> None:
+    gateway, _ = start_gateway(f"{fast.url}/v1")
+    async with connect(gateway, key=VIRTUAL_KEY) as client:
+        await client.expect("session.created")
+        await null_fields_read_as_unset(client)
+
+
 async def test_g711_audio_in_and_out(fast: ServerThread) -> None:
     formats = {"input": {"format": {"type": "audio/pcmu"}}, "output": {"format": {"type": "audio/pcma"}}}
     async with session_with(fast, audio=formats) as client:
@@ -830,33 +932,3 @@ def test_every_emitted_event_type_was_seen_and_validated() -> None:
         pytest.skip("run together with the scenario tests above")
     assert EMITTED_EVENT_TYPES - SEEN_TYPES == set()
     assert SEEN_TYPES <= EMITTED_EVENT_TYPES
-
-
-NULL_RESPONSE_FIELDS = {
-    "instructions": None, "output_modalities": None, "tools": None, "tool_choice": None, "max_output_tokens": None,
-    "conversation": None, "input": None, "audio": {"output": {"voice": None, "format": None}}, "metadata": None,
-}
-
-
-@pytest.mark.parametrize("path", ["direct", "through the gateway"])
-async def test_null_optional_fields_are_unset_not_errors(simulator, start_gateway, path):
-    """livekit-agents' default generate_reply() sends `"instructions": null`; the API treats null as unset."""
-    if path == "direct":
-        url, headers = f"{simulator.ws_url}/v1/realtime?model=gpt-realtime", {"Authorization": "Bearer sk-test"}
-    else:
-        gateway, _ = start_gateway(f"{simulator.url}/v1")
-        url, headers = f"{gateway.ws_url}/v1/realtime?model=gpt-realtime", {"Authorization": "Bearer sk-bf-test-team"}
-    async with websockets.connect(url, additional_headers=headers) as ws:
-        assert json.loads(await ws.recv())["type"] == "session.created"
-        await ws.send(json.dumps({"type": "session.update", "session": {
-            "type": "realtime", "instructions": None, "tools": None, "output_modalities": ["text"],
-            "audio": {"input": {"format": None, "turn_detection": None}, "output": None},
-        }}))
-        updated = json.loads(await ws.recv())
-        assert updated["type"] == "session.updated", updated
-        assert updated["session"]["audio"]["input"]["turn_detection"] is None  # null still turns VAD off
-        await ws.send(json.dumps({"type": "response.create", "response": NULL_RESPONSE_FIELDS}))
-        types = []
-        while not types or types[-1] not in ("response.done", "error"):
-            types.append(json.loads(await asyncio.wait_for(ws.recv(), 10))["type"])
-        assert "error" not in types and types[-1] == "response.done"

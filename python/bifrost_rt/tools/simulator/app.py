@@ -222,13 +222,17 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
             if field not in ("expires_after", "session"):
                 return _http_error(400, f"Unknown parameter: '{field}'.", "unknown_parameter", field)
 
+        # Null reads as unset, here as in realtime events.
         expires_after = payload.get("expires_after") or {}
+        if not isinstance(expires_after, dict):
+            return _http_error(400, "Invalid type for 'expires_after': expected an object.", "invalid_type",
+                               "expires_after")
         low, high, default = _SECRET_TTL_S
-        ttl = expires_after.get("seconds", default) if isinstance(expires_after, dict) else None
+        ttl = default if expires_after.get("seconds") is None else expires_after["seconds"]
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not low <= ttl <= high:
             return _http_error(400, f"Invalid 'expires_after.seconds': expected an integer between {low} and {high}.",
                                "invalid_value", "expires_after.seconds")
-        if expires_after.get("anchor", "created_at") != "created_at":
+        if expires_after.get("anchor") not in (None, "created_at"):
             return _http_error(400, "Invalid 'expires_after.anchor': only 'created_at' is supported.",
                                "invalid_value", "expires_after.anchor")
 

@@ -2,7 +2,9 @@
 
 Only the fields present in an update change; `audio.input` / `audio.output` merge key by key, a `turn_detection`
 object is completed with its type's defaults, and every other field is replaced. Unknown fields are rejected the
-way the API does (`unknown_parameter`), which also catches beta-shaped sessions.
+way the API does (`unknown_parameter`), which also catches beta-shaped sessions. As in the API, an optional field
+given as null is unset (absent), except the fields whose null is a value: it turns off tracing, a prompt, turn
+detection, transcription or noise reduction.
 """
 
 from __future__ import annotations
@@ -30,12 +32,21 @@ _REALTIME_FIELDS = frozenset(
 _TRANSCRIPTION_FIELDS = frozenset({"type", "audio", "include"})
 _AUDIO_INPUT_FIELDS = frozenset({"format", "noise_reduction", "transcription", "turn_detection"})
 _AUDIO_OUTPUT_FIELDS = frozenset({"format", "voice", "speed"})
+# Fields whose null is a value, not "unset".
+_NULL_IS_VALUE = frozenset(
+    {"tracing", "prompt", "include", "reasoning", "metadata", "turn_detection", "transcription", "noise_reduction"}
+)
 _RESPONSE_FIELDS = frozenset(
     {
         "audio", "conversation", "input", "instructions", "max_output_tokens", "metadata", "output_modalities",
         "parallel_tool_calls", "prompt", "reasoning", "tool_choice", "tools",
     }
 )
+
+
+def _given(fields: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The fields that are set: a null optional field counts as absent."""
+    return [(key, value) for key, value in fields.items() if value is not None or key in _NULL_IS_VALUE]
 
 
 def _server_vad() -> dict[str, Any]:
@@ -106,6 +117,8 @@ def fresh_copy(session: dict[str, Any]) -> dict[str, Any]:
 
 def apply_session_update(session: dict[str, Any], update: Any) -> dict[str, Any]:
     """The session with `update` applied; raises ClientError and leaves `session` untouched when it is invalid."""
+    if update is None:
+        raise missing_parameter("session")
     if not isinstance(update, dict):
         raise ClientError("Invalid type for 'session': expected an object.", code="invalid_type", param="session")
     kind = update.get("type")
@@ -122,18 +135,12 @@ def apply_session_update(session: dict[str, Any], update: Any) -> dict[str, Any]
         if key not in allowed:
             raise unknown_parameter(f"session.{key}")
     merged = copy.deepcopy(session)
-    for key, value in update.items():
-        if value is None and key not in _NULL_MEANS_OFF:
-            continue  # null leaves an optional field as it is, as the API does
+    for key, value in _given(update):
         if key == "audio":
             _merge_audio(merged.setdefault("audio", {}), value, realtime=kind == "realtime")
         elif key != "type":
             merged[key] = _checked_field(key, value, "session")
     return merged
-
-
-# Fields whose null means something (no prompt, no tracing, no turn detection...); any other null is "unset".
-_NULL_MEANS_OFF = frozenset({"prompt", "reasoning", "tracing", "include", "metadata", "turn_detection", "transcription", "noise_reduction"})
 
 
 def _checked_field(key: str, value: Any, prefix: str) -> Any:
@@ -172,20 +179,18 @@ def _expect(ok: bool, param: str, what: str) -> None:
 
 def _merge_audio(audio: dict[str, Any], update: Any, *, realtime: bool) -> None:
     _expect(isinstance(update, dict), "session.audio", "an object")
-    for side, value in update.items():
+    for side in update:
         if side not in ("input", "output") or (side == "output" and not realtime):
             raise unknown_parameter(f"session.audio.{side}")
-        if value is None:
-            continue
+    for side, value in _given(update):
         param = f"session.audio.{side}"
         _expect(isinstance(value, dict), param, "an object")
         allowed = _AUDIO_INPUT_FIELDS if side == "input" else _AUDIO_OUTPUT_FIELDS
-        target = audio.setdefault(side, {})
-        for key, field in value.items():
+        for key in value:
             if key not in allowed:
                 raise unknown_parameter(f"{param}.{key}")
-            if field is None and key not in _NULL_MEANS_OFF:
-                continue
+        target = audio.setdefault(side, {})
+        for key, field in _given(value):
             target[key] = _audio_field(key, field, f"{param}.{key}")
 
 
@@ -196,10 +201,11 @@ def _audio_field(key: str, value: Any, param: str) -> Any:
         if value is None:
             return None
         _expect(isinstance(value, dict), param, "an object or null")
-        defaults = {"server_vad": _server_vad, "semantic_vad": _semantic_vad}.get(value.get("type", "server_vad"))
+        set_fields = dict(_given(value))
+        defaults = {"server_vad": _server_vad, "semantic_vad": _semantic_vad}.get(set_fields.get("type", "server_vad"))
         if defaults is None:
             raise invalid_value(f"{param}.type", "Invalid turn detection: expected 'server_vad' or 'semantic_vad'.")
-        return {**defaults(), **value}
+        return {**defaults(), **set_fields}
     if key == "transcription":
         if value is not None:
             _expect(isinstance(value, dict) and isinstance(value.get("model"), str), param,
@@ -223,7 +229,7 @@ def _check_format(value: Any, param: str) -> dict[str, Any]:
     _expect(isinstance(value, dict), param, "a format object")
     kind = value.get("type")
     if kind == "audio/pcm":
-        if value.get("rate", 24000) != 24000:
+        if value.get("rate") not in (None, 24000):
             raise invalid_value(f"{param}.rate", "Invalid value: only 24000 is supported for 'audio/pcm'.")
         return {"type": "audio/pcm", "rate": 24000}
     if kind in ("audio/pcmu", "audio/pcma"):
@@ -236,13 +242,12 @@ def check_response_params(params: Any) -> dict[str, Any]:
     if params is None:
         return {}
     _expect(isinstance(params, dict), "response", "an object")
-    checked: dict[str, Any] = {}
-    for key, value in params.items():
-        param = f"response.{key}"
+    for key in params:
         if key not in _RESPONSE_FIELDS:
-            raise unknown_parameter(param)
-        if value is None and key not in _NULL_MEANS_OFF:
-            continue  # null is "unset": livekit-agents sends `"instructions": null`, and the API accepts it
+            raise unknown_parameter(f"response.{key}")
+    checked: dict[str, Any] = {}
+    for key, value in _given(params):
+        param = f"response.{key}"
         if key == "conversation":
             if value not in ("auto", "none"):
                 raise invalid_value(param, f"Invalid value: '{value}'. Supported values are: 'auto' and 'none'.")
@@ -258,13 +263,14 @@ def check_response_params(params: Any) -> dict[str, Any]:
             _expect(isinstance(value, list) and all(isinstance(i, dict) for i in value), param, "an array of items")
             checked[key] = value
         elif key == "audio":
-            _expect(isinstance(value, dict) and set(value) <= {"output"} and isinstance(value.get("output") or {}, dict),
-                    param, "an object with 'output'")
-            output = value.get("output") or {}
+            output = value.get("output") if isinstance(value, dict) else None
+            ok = isinstance(value, dict) and set(value) <= {"output"} and (output is None or isinstance(output, dict))
+            _expect(ok, param, "an object with 'output'")
+            output = output or {}
             for field in output:
                 if field not in ("format", "voice"):
                     raise unknown_parameter(f"{param}.output.{field}")
-            checked[key] = {"output": {k: _audio_field(k, v, f"{param}.output.{k}") for k, v in (output or {}).items() if v is not None}}
+            checked[key] = {"output": {k: _audio_field(k, v, f"{param}.output.{k}") for k, v in _given(output)}}
         else:
             checked[key] = _checked_field(key, value, "response")
     return checked

@@ -141,7 +141,8 @@ def item_from_client(raw: Any, input_kind: str, output_kind: str) -> Item:
     if kind == "message":
         return _message(raw, item_id, input_kind, output_kind)
     if kind == "function_call":
-        name, arguments = raw.get("name"), raw.get("arguments", "")
+        name, arguments = raw.get("name"), raw.get("arguments")
+        arguments = "" if arguments is None else arguments
         if not isinstance(name, str):
             raise missing_parameter("item.name")
         if not isinstance(arguments, str):

@@ -273,7 +273,8 @@ class RealtimeSession:
 
     async def _item_truncate(self, event: dict[str, Any]) -> None:
         item = self._existing_item(event, "truncating", "item_truncate_invalid_item_id")
-        index, end_ms = event.get("content_index", 0), event.get("audio_end_ms")
+        index, end_ms = event.get("content_index"), event.get("audio_end_ms")
+        index = 0 if index is None else index
         if not isinstance(end_ms, int) or isinstance(end_ms, bool) or end_ms < 0:
             raise missing_parameter("audio_end_ms")
         content = item.data.get("content", [])
