@@ -9,7 +9,7 @@ import pytest
 
 from bifrost_rt.config import parse_config
 from bifrost_rt.core import ending as endings
-from bifrost_rt.core.dialect import Untranslatable
+from bifrost_rt.dialects import Untranslatable
 from bifrost_rt.core.registry import SessionRegistry
 from bifrost_rt.core.relay import FORWARD, Check, End, Relay, Reply, ToClient, ToUpstream
 from bifrost_rt.core.session import RealtimeSession

@@ -1,4 +1,4 @@
-"""The dialect seam: what a client or a provider speaks, translated to and from OpenAI GA events.
+"""Dialects: what a client or a provider speaks, translated to and from OpenAI GA events (the seam and identity).
 
 The relay core only ever observes GA events, so turns, hooks, governance, pricing and logs do not depend on the
 dialect. A relay has two dialects: the client's (client message → GA, GA → client message) and the provider's
