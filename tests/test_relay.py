@@ -9,10 +9,10 @@ import pytest
 
 from bifrost_rt.config import parse_config
 from bifrost_rt.core import ending as endings
-from bifrost_rt.dialects import Untranslatable
 from bifrost_rt.core.registry import SessionRegistry
 from bifrost_rt.core.relay import FORWARD, Check, End, Relay, Reply, ToClient, ToUpstream
 from bifrost_rt.core.session import RealtimeSession
+from bifrost_rt.dialects.seam import Untranslatable
 from bifrost_rt.errors import RealtimeError
 from bifrost_rt.policy.auth import Authenticator
 from bifrost_rt.policy.hooks import Decision, HookPipeline, Plugin

@@ -18,9 +18,9 @@ import orjson
 
 from bifrost_rt import errors
 from bifrost_rt.core import ending as endings
-from bifrost_rt.dialects import IDENTITY, Dialect, Untranslatable
 from bifrost_rt.core.ending import Ending
 from bifrost_rt.core.session import RealtimeSession, StartedTurn
+from bifrost_rt.dialects.seam import IDENTITY, Dialect, Untranslatable
 from bifrost_rt.errors import RealtimeError
 from bifrost_rt.policy.hooks import Decision, HookPipeline, TurnRequest
 

@@ -1,46 +1,25 @@
-"""Dialects: what a client or a provider speaks, translated to and from OpenAI GA events (the seam and identity).
+"""Dialects: translators between what a peer speaks and OpenAI GA, and the choice of one per session side.
 
-The relay core only ever observes GA events, so turns, hooks, governance, pricing and logs do not depend on the
-dialect. A relay has two dialects: the client's (client message → GA, GA → client message) and the provider's
-(GA → provider message, provider message → GA). The identity dialect forwards the very same string, which keeps
-OpenAI GA on both sides byte-faithful and at one native call per frame.
+`for_client` reads the client's handshake; `for_provider` reads the route's provider. Each returns a fresh
+dialect for one session (a dialect may keep per-session state), or the shared identity when nothing needs
+translating, which keeps the relay on its untranslated fast path.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping, Sequence
 
-from bifrost_rt.errors import RealtimeError
+from bifrost_rt.dialects.seam import IDENTITY, Dialect, Identity, Untranslatable
+from bifrost_rt.providers import Route
 
-
-class Untranslatable(Exception):
-    """A message the dialect cannot express; the sender is told with this OpenAI-shaped error."""
-
-    def __init__(self, error: RealtimeError) -> None:
-        super().__init__(error.message)
-        self.error = error
+__all__ = ["IDENTITY", "Dialect", "Identity", "Untranslatable", "for_client", "for_provider"]
 
 
-class Dialect(Protocol):
-    identity: bool  # True: messages already are GA events; the relay then skips translation entirely
-
-    def inbound(self, message: str | bytes) -> list[str]:
-        """A message from this side's peer as zero or more GA event texts; raises Untranslatable."""
-
-    def outbound(self, event: str) -> list[str | bytes]:
-        """A GA event text as zero or more messages for this side's peer."""
+def for_client(headers: Mapping[str, str], subprotocols: Sequence[str]) -> Dialect:
+    """The dialect the client speaks, from its handshake (lower-case header names)."""
+    return IDENTITY
 
 
-class Identity:
-    """OpenAI GA: nothing to translate."""
-
-    identity = True
-
-    def inbound(self, message: str | bytes) -> list[str]:
-        return [message] if isinstance(message, str) else []
-
-    def outbound(self, event: str) -> list[str | bytes]:
-        return [event]
-
-
-IDENTITY = Identity()
+def for_provider(route: Route) -> Dialect:
+    """The dialect the route's provider speaks (`Route.dialect`)."""
+    return IDENTITY

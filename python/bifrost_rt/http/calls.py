@@ -18,7 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bifrost_rt import __version__, errors
+from bifrost_rt import __version__, dialects, errors
 from bifrost_rt.core import ending as endings
 from bifrost_rt.core.relay import Relay
 from bifrost_rt.errors import RealtimeError, new_id
@@ -153,7 +153,13 @@ class CallRelay:
             session_group=baggage_session_id(headers),
             session_id=session_id,
         )
-        relay = Relay(session, gateway.hooks, max_message_bytes=gateway.config.realtime.max_frame_bytes)
+        relay = Relay(
+            session,
+            gateway.hooks,
+            max_message_bytes=gateway.config.realtime.max_frame_bytes,
+            client_dialect=dialects.for_client(headers, ()),
+            upstream_dialect=dialects.for_provider(admission.route),
+        )
         from bifrost_rt.wire.webrtc import Call
 
         return Call(new_id("rtc"), relay, self.config, gateway.registry, self._ended)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bifrost_rt import errors
+from bifrost_rt import dialects, errors
 from bifrost_rt.core.relay import Relay
 from bifrost_rt.errors import RealtimeError, new_id
 from bifrost_rt.http.admission import admit
@@ -82,7 +82,13 @@ class RealtimeWebSocketEndpoint:
                 await upstream.close()
                 return
             limits = gateway.config.realtime
-            relay = Relay(session, gateway.hooks, max_message_bytes=limits.max_frame_bytes)
+            relay = Relay(
+                session,
+                gateway.hooks,
+                max_message_bytes=limits.max_frame_bytes,
+                client_dialect=dialects.for_client(headers, subprotocols),
+                upstream_dialect=dialects.for_provider(route),
+            )
             await WebSocketRelay(relay, upstream, receive, send, scope, gateway.registry, limits.close_timeout_s).run()
         finally:
             await gateway.governance.release(principal.key_id, session_id)

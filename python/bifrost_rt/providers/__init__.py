@@ -19,6 +19,11 @@ class Route:
     requested_model: str | None  # what the client asked for
     upstream_model: str | None  # what the provider is asked for
 
+    @property
+    def dialect(self) -> str:
+        """What the provider speaks on its realtime socket: `openai` (GA events)."""
+        return "openai"
+
     def upstream_url(self, query: Mapping[str, str]) -> str:
         params: dict[str, str] = {}
         if self.upstream_model:

@@ -1,0 +1,46 @@
+"""The dialect seam: what a client or a provider speaks, translated to and from OpenAI GA events.
+
+The relay core only ever observes GA events, so turns, hooks, governance, pricing and logs do not depend on the
+dialect. A relay has two dialects: the client's (client message → GA, GA → client message) and the provider's
+(GA → provider message, provider message → GA). The identity dialect forwards the very same string, which keeps
+OpenAI GA on both sides byte-faithful and at one native call per frame.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from bifrost_rt.errors import RealtimeError
+
+
+class Untranslatable(Exception):
+    """A message the dialect cannot express; the sender is told with this OpenAI-shaped error."""
+
+    def __init__(self, error: RealtimeError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class Dialect(Protocol):
+    identity: bool  # True: messages already are GA events; the relay then skips translation entirely
+
+    def inbound(self, message: str | bytes) -> list[str]:
+        """A message from this side's peer as zero or more GA event texts; raises Untranslatable."""
+
+    def outbound(self, event: str) -> list[str | bytes]:
+        """A GA event text as zero or more messages for this side's peer."""
+
+
+class Identity:
+    """OpenAI GA: nothing to translate."""
+
+    identity = True
+
+    def inbound(self, message: str | bytes) -> list[str]:
+        return [message] if isinstance(message, str) else []
+
+    def outbound(self, event: str) -> list[str | bytes]:
+        return [event]
+
+
+IDENTITY = Identity()
