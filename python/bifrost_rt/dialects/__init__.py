@@ -15,8 +15,9 @@ from bifrost_rt.providers import Route
 __all__ = ["IDENTITY", "Dialect", "Identity", "Untranslatable", "for_client", "for_provider"]
 
 
-def for_client(headers: Mapping[str, str], subprotocols: Sequence[str]) -> Dialect:
-    """The dialect the client speaks, from its handshake (lower-case header names)."""
+def for_client(headers: Mapping[str, str], subprotocols: Sequence[str], *, preview: bool = False) -> Dialect:
+    """The dialect the client speaks, from its handshake (lower-case header names); `preview`: the path it came
+    by implies the beta protocol (Azure's `/openai/realtime` with a `-preview` api-version)."""
     return IDENTITY
 
 
