@@ -200,8 +200,8 @@ def provider_refusal(status: int, body: bytes | str | None, host: str | None = N
         return RealtimeError(
             "server_error", "upstream_unavailable", f"The realtime provider refused the connection (HTTP {status}).", close_code=CLOSE_INTERNAL
         )
-    message = error.get("message") if isinstance(error.get("message"), str) else ""
-    message = _URL.sub("", message)
+    given = error.get("message")
+    message = _URL.sub("", given) if isinstance(given, str) else ""
     for name in _host_names(host):
         message = message.replace(name, "…")
     message = " ".join(message.split())[:_MAX_PROVIDER_MESSAGE] or f"The realtime provider refused the request (HTTP {status})."

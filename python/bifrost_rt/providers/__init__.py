@@ -25,6 +25,7 @@ class Route:
     requested_model: str | None  # what the client asked for
     upstream_model: str | None  # what the provider is asked for (for Azure, the deployment)
     entra: azure.EntraToken | None = None  # the provider's Entra token source, when it uses one
+    priced_as: str | None = None  # the price table's model for this route (`models:` `priced_as`)
 
     @property
     def dialect(self) -> str:
@@ -96,8 +97,8 @@ class ModelResolver:
         # One token source per provider, so a file or command token is shared by every route to it.
         self._entra = {name: azure.EntraToken(p.entra) for name, p in config.providers.items() if p.entra is not None}
 
-    def _route(self, provider: str, requested: str | None, upstream: str | None) -> Route:
-        return Route(provider, self._providers[provider], requested, upstream, self._entra.get(provider))
+    def _route(self, provider: str, requested: str | None, upstream: str | None, priced_as: str | None = None) -> Route:
+        return Route(provider, self._providers[provider], requested, upstream, self._entra.get(provider), priced_as)
 
     def resolve(self, model: str | None) -> Route | None:
         """A configured name, `provider/model`, or a bare name on the default provider; None if unknown."""
@@ -106,7 +107,7 @@ class ModelResolver:
             return self._route(default, None, None) if default else None
         route = self._models.get(model)
         if route is not None:
-            return self._route(route.provider, model, route.model or model)
+            return self._route(route.provider, model, route.model or model, route.priced_as)
         prefix, slash, rest = model.partition("/")
         if slash and prefix in self._providers and rest:
             return self._route(prefix, model, rest)

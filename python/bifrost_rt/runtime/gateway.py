@@ -39,7 +39,7 @@ class Gateway:
         self.config = config
         self.authenticator = Authenticator(config)
         self.models = ModelResolver(config)
-        self.prices = PriceTable(config.prices, config.models)
+        self.prices = PriceTable(config.prices)
         self.registry = SessionRegistry(config.realtime)
         self.metrics = GatewayMetrics()
 
