@@ -21,7 +21,7 @@ class Route:
 
     @property
     def dialect(self) -> str:
-        """What the provider speaks on its realtime socket: `openai` (GA events)."""
+        """What the provider speaks on its realtime socket: `openai` (GA events) or `openai-beta` (the retired beta shape)."""
         return "openai"
 
     def upstream_url(self, query: Mapping[str, str]) -> str:
@@ -43,7 +43,8 @@ class Route:
             credential = self.provider.api_key.get_secret_value()
         if credential is not None:
             headers["Authorization"] = "Bearer " + credential
-        for name in ("openai-organization", "openai-project", "openai-safety-identifier", "openai-beta"):
+        # `OpenAI-Beta` is never passed on: the client's dialect is translated, not forwarded.
+        for name in ("openai-organization", "openai-project", "openai-safety-identifier"):
             value = client_headers.get(name)
             if value:
                 headers[name] = value
@@ -53,8 +54,6 @@ class Route:
                 headers["openai-organization"] = protocol.split(".", 1)[1]
             elif protocol.startswith("openai-project."):
                 headers["openai-project"] = protocol.split(".", 1)[1]
-            elif protocol == "openai-beta.realtime-v1":
-                headers["openai-beta"] = "realtime=v1"
         return headers
 
 
