@@ -261,23 +261,35 @@ def ga_response(response: dict[str, Any]) -> dict[str, Any]:
 
 # ---- events --------------------------------------------------------------------------------------------------------
 
-# `{"type":"<name>"` at the very start of a frame (with the whitespace `json.dumps` puts after the colon).
-_LEADING_TYPE = re.compile(r'\{\s*"type"\s*:\s*"([a-z_.]+)"')
+# A frame whose first key is `type`, written compactly (servers, orjson) or with `json.dumps`'s space.
+_LEADING = ('{"type":"', '{"type": "')
+_LEADING_TYPE = re.compile(r'\{\s*"type"\s*:\s*"([a-z_.]+)"')  # other whitespace
 _NOTHING: list[Any] = []
 
 
-def _event_type(message: str) -> str | None:
+def _type_span(message: str) -> tuple[int, int] | None:
+    """Where the value of a leading `type` key is in the frame, found without parsing the rest."""
+    for prefix in _LEADING:
+        if message.startswith(prefix):
+            start = len(prefix)
+            end = message.find('"', start)
+            if end > start and "\\" not in message[start:end]:
+                return start, end
+            return None
     leading = _LEADING_TYPE.match(message)
-    if leading is not None:
-        return leading.group(1)
-    return scan(message).type
+    return None if leading is None else leading.span(1)
+
+
+def _event_type(message: str) -> str | None:
+    span = _type_span(message)
+    return message[span[0] : span[1]] if span is not None else scan(message).type
 
 
 def _renamed(message: str, old: str, new: str) -> str:
     """The frame with its event type replaced: sliced when the type leads, re-encoded otherwise."""
-    leading = _LEADING_TYPE.match(message)
-    if leading is not None:
-        return message[: leading.start(1)] + new + message[leading.end(1) :]
+    span = _type_span(message)
+    if span is not None:
+        return message[: span[0]] + new + message[span[1] :]
     event = orjson.loads(message)
     event["type"] = new
     return orjson.dumps(event).decode()
