@@ -13,7 +13,6 @@ from typing import Any
 
 import orjson
 import websockets
-from openai import AsyncOpenAI
 from openai.types.beta.realtime import RealtimeServerEvent as BetaServerEvent
 from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 from pydantic import BaseModel, TypeAdapter
@@ -21,7 +20,7 @@ from pydantic import BaseModel, TypeAdapter
 from bifrost_rt.dialects import beta
 
 from conftest import VIRTUAL_KEY, recv_json, recv_until
-from test_gateway_clients import tone_pcm16
+from test_gateway_clients import client_for, tone_pcm16
 
 BETA_EVENT = TypeAdapter(BetaServerEvent)
 GA_EVENT = TypeAdapter(RealtimeServerEvent)
@@ -195,10 +194,6 @@ def test_deltas_are_renamed_without_parsing_their_payload() -> None:
     assert beta.BETA_CLIENT.outbound(unknown)[0] is unknown
 
 
-def beta_client(server) -> AsyncOpenAI:
-    return AsyncOpenAI(api_key=VIRTUAL_KEY, base_url=f"http://127.0.0.1:{server.port}/v1", websocket_base_url=f"ws://127.0.0.1:{server.port}/v1")
-
-
 async def beta_turns(conn) -> list[list[Any]]:
     """Text, audio and tool turns from a beta connection; the SDK parses every event into its beta models."""
 
@@ -261,10 +256,10 @@ def comparable(record) -> dict[str, Any]:
 
 async def test_openai_python_beta_client_and_a_ga_client_share_one_gateway_and_log_the_same_turns(gateway) -> None:
     server, sink = gateway
-    async with beta_client(server).beta.realtime.connect(model="gpt-realtime") as conn:
+    async with client_for(server).beta.realtime.connect(model="gpt-realtime") as conn:
         text, spoken, tool = await beta_turns(conn)
     beta_records = sink.wait_for(3)
-    async with beta_client(server).realtime.connect(model="gpt-realtime") as conn:
+    async with client_for(server).realtime.connect(model="gpt-realtime") as conn:
         await ga_turns(conn)
     records = sink.wait_for(6)
     ga_records = records[3:]
