@@ -76,7 +76,7 @@ def azure_settings(base_url: str, **provider: Any) -> dict[str, Any]:
             "voice-mini": {"provider": "azure", "model": "prod-voice", "priced_as": "gpt-realtime-mini"},
             "old-model": {"provider": "azure", "model": "old-chat"},
             "missing": {"provider": "azure", "model": "no-such-deployment"},
-            "preview-voice": {"provider": "azure-preview", "model": "prod-voice"},
+            "preview-voice": {"provider": "azure-preview", "model": "prod-voice", "priced_as": "gpt-realtime"},
         },
         "client_secrets": {"secret": "a-signing-secret-of-some-length"},
     }
@@ -185,14 +185,15 @@ async def test_client_secret_minted_at_azure_path_and_used(azure_gateway) -> Non
     assert provider_secret.startswith("ek_") and provider_secret != token and "api-key" not in headers
 
 
-async def test_webrtc_call_through_the_gateway_to_azure(azure_gateway, azure_sim) -> None:
+@pytest.mark.parametrize("model", ["gpt-realtime", "preview-voice"])  # calls exist only in the GA form, for both
+async def test_webrtc_call_through_the_gateway_to_azure(azure_gateway, azure_sim, model: str) -> None:
     gateway, sink, recorder = azure_gateway
     simulator, _ = azure_sim
     caller = Caller()
     try:
         offer = await caller.offer()
         async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S) as http:
-            answer = await http.post(f"/openai/realtime/calls?api-version={GA_VERSION}&deployment=gpt-realtime", content=offer,
+            answer = await http.post(f"/openai/realtime/calls?api-version={GA_VERSION}&deployment={model}", content=offer,
                                      headers={"api-key": VIRTUAL_KEY, "Content-Type": "application/sdp"})
             assert answer.status_code == 201, answer.text
             assert no_azure_headers(answer.headers)
@@ -213,7 +214,7 @@ async def test_webrtc_call_through_the_gateway_to_azure(azure_gateway, azure_sim
     finally:
         await caller.close()
     (record,) = sink.wait_for(1)
-    assert record.provider == "azure" and record.transport == "webrtc" and record.model == "prod-voice"
+    assert record.provider in ("azure", "azure-preview") and record.transport == "webrtc" and record.model == "prod-voice"
     query, headers = recorder.last("/openai/v1/realtime/calls")
     assert headers["api-key"] == AZURE_KEY and VIRTUAL_KEY not in str(recorder.requests)
 

@@ -75,13 +75,15 @@ class CallRelay:
 
     # --- POST /v1/realtime/calls ---
 
-    def endpoint(self, prefix: str) -> Any:
+    def endpoint(self, prefix: str, *, legacy: bool = False) -> Any:
+        """`legacy`: the retired `POST /v1/realtime` form, whose clients speak beta events on the data channel."""
+
         async def create(request: Request) -> Response:
-            return await self.create(request, prefix)
+            return await self.create(request, prefix, legacy)
 
         return create
 
-    async def create(self, request: Request, prefix: str) -> Response:
+    async def create(self, request: Request, prefix: str, legacy: bool = False) -> Response:
         gateway = self.gateway
         if gateway.registry.draining:
             return _refusal_response(errors.shutting_down())
@@ -112,7 +114,7 @@ class CallRelay:
                 gateway.registry.refuse(refused.code)
                 return _refusal_response(errors.governance_refusal(refused.type, refused.code, refused.message))
             admitted = True
-            call = self._new_call(admission, session_id, headers)
+            call = self._new_call(admission, session_id, headers, legacy)
             try:
                 answer = await self._negotiate(call, offer, session_config, admission, headers)
             except BaseException as failure:
@@ -145,7 +147,7 @@ class CallRelay:
             return RealtimeError("rate_limit_exceeded", "call_limit_reached", f"This key already has {per_key} open call(s).")
         return None
 
-    def _new_call(self, admission: Admission, session_id: str, headers: dict[str, str]) -> Call:
+    def _new_call(self, admission: Admission, session_id: str, headers: dict[str, str], legacy: bool) -> Call:
         gateway = self.gateway
         session = gateway.new_session(
             principal=admission.principal,
@@ -158,8 +160,8 @@ class CallRelay:
             session,
             gateway.hooks,
             max_message_bytes=gateway.config.realtime.max_frame_bytes,
-            client_dialect=dialects.for_client(headers, ()),
-            upstream_dialect=dialects.for_provider(admission.route),
+            client_dialect=dialects.for_client(headers, (), legacy=legacy),
+            upstream_dialect=dialects.for_provider(admission.route.for_calls()),
         )
         from bifrost_rt.wire.webrtc import Call
 

@@ -92,7 +92,7 @@ class RealtimeWebSocketEndpoint:
                 session,
                 gateway.hooks,
                 max_message_bytes=limits.max_frame_bytes,
-                client_dialect=dialects.for_client(headers, subprotocols, preview=self._preview(query)),
+                client_dialect=dialects.for_client(headers, subprotocols, legacy=self._preview(query)),
                 upstream_dialect=dialects.for_provider(route),
             )
             await WebSocketRelay(relay, upstream, receive, send, scope, gateway.registry, limits.close_timeout_s).run()

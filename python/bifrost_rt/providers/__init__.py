@@ -7,7 +7,7 @@ endpoints are, and how the gateway's credential is presented. Everything else he
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlencode
 
 from bifrost_rt.config import GatewayConfig, ModelRoute, ProviderConfig
@@ -29,11 +29,17 @@ class Route:
 
     @property
     def dialect(self) -> str:
-        """What the provider speaks on its realtime socket: `openai` (GA events), or `openai-beta` for Azure's
-        preview form."""
+        """What the provider speaks on its realtime socket: `openai` (GA events) or `openai-beta` (the retired beta
+        shape, which Azure's preview form still speaks)."""
         if self.provider.kind == "azure" and self.provider.url_form == "preview":
             return "openai-beta"
         return "openai"
+
+    def for_calls(self) -> Route:
+        """The route as WebRTC calls see it: Azure has calls only in its GA form, so they speak GA events."""
+        if self.provider.kind == "azure" and self.provider.url_form == "preview":
+            return replace(self, provider=self.provider.model_copy(update={"url_form": "ga"}))
+        return self
 
     def upstream_url(self, query: Mapping[str, str]) -> str:
         if self.provider.kind == "azure":
@@ -57,9 +63,10 @@ class Route:
         """`credential` replaces the provider's own (a provider client secret from a gateway token)."""
         headers = dict(self.provider.headers)
         headers.update(await self._auth_headers(credential))
-        if self.provider.kind == "azure":  # OpenAI's organisation, project and beta headers mean nothing there
+        if self.provider.kind == "azure":  # OpenAI's organisation and project headers mean nothing there
             return headers
-        for name in ("openai-organization", "openai-project", "openai-safety-identifier", "openai-beta"):
+        # `OpenAI-Beta` is never passed on: the client's dialect is translated, not forwarded.
+        for name in ("openai-organization", "openai-project", "openai-safety-identifier"):
             value = client_headers.get(name)
             if value:
                 headers[name] = value
@@ -69,8 +76,6 @@ class Route:
                 headers["openai-organization"] = protocol.split(".", 1)[1]
             elif protocol.startswith("openai-project."):
                 headers["openai-project"] = protocol.split(".", 1)[1]
-            elif protocol == "openai-beta.realtime-v1":
-                headers["openai-beta"] = "realtime=v1"
         return headers
 
     async def _auth_headers(self, credential: str | None) -> dict[str, str]:

@@ -105,10 +105,11 @@ def create_app(
     # routes the model (or Azure `deployment`) the same way, through `models:` and `default_provider`.
     for prefix in ("/v1", "/openai/v1", "/openai"):
         place_call = checked(calls.endpoint(prefix), gateway.registry.refuse)
+        place_legacy_call = checked(calls.endpoint(prefix, legacy=True), gateway.registry.refuse)
         routes += [
             WebSocketRoute(f"{prefix}/realtime", RealtimeWebSocketEndpoint(gateway, calls, api_versioned=prefix == "/openai")),
             Route(f"{prefix}/realtime/calls", place_call, methods=["POST"]),
-            Route(f"{prefix}/realtime", place_call, methods=["POST"]),  # legacy WebRTC
+            Route(f"{prefix}/realtime", place_legacy_call, methods=["POST"]),  # legacy (beta) WebRTC
             Route(f"{prefix}/realtime/calls/{{call_id}}/hangup", checked(calls.hangup), methods=["POST"]),
             Route(f"{prefix}/realtime/client_secrets", checked(ClientSecretEndpoint(gateway, legacy=False).handle), methods=["POST"]),
             Route(f"{prefix}/realtime/sessions", checked(ClientSecretEndpoint(gateway, legacy=True).handle), methods=["POST"]),
