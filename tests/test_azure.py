@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -21,7 +22,7 @@ import pytest
 import websockets
 from openai import AsyncAzureOpenAI, AsyncOpenAI
 
-from bifrost_rt.config import parse_config
+from bifrost_rt.config import ConfigError, load_config, parse_config
 from bifrost_rt.providers import ModelResolver
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
 
@@ -203,9 +204,14 @@ async def test_webrtc_call_through_the_gateway_to_azure(azure_gateway, azure_sim
             await caller.expect("session.created")
             caller.send("session.update", session={"type": "realtime", "output_modalities": ["text"]})
             await caller.expect("session.updated")
-            await caller.say("over webrtc")
-            caller.send("response.create")
-            await caller.until("response.done")
+            call_id = location.rsplit("/", 1)[-1]
+            sideband_url = f"{gateway.ws_url}/openai/v1/realtime?call_id={call_id}&api-key={VIRTUAL_KEY}"
+            async with websockets.connect(sideband_url) as sideband:  # a server watching the call, Azure-style
+                await caller.say("over webrtc")
+                caller.send("response.create")
+                await caller.until("response.done")
+                while (await recv_json(sideband))["type"] != "response.done":
+                    pass
             assert (await http.post(f"{location}/hangup", headers={"api-key": VIRTUAL_KEY})).status_code == 200
             # The gateway hangs up at the provider too: the simulator's call ends.
             async with asyncio.timeout(TIMEOUT_S):
@@ -357,3 +363,25 @@ async def test_beta_azure_client_on_the_preview_path(azure_gateway) -> None:
     assert text == "You said: beta hello"
     (record,) = sink.wait_for(1)
     assert record.provider == "azure" and record.output["text"] == text
+
+
+def test_the_azure_example_configuration_loads(monkeypatch) -> None:
+    for name in ("AZURE_OPENAI_API_KEY", "OPENAI_API_KEY", "TEAM_A_KEY", "BIFROST_RT_CLIENT_SECRET_KEY"):
+        monkeypatch.setenv(name, f"value-of-{name.lower()}")
+    config = load_config(Path(__file__).parent.parent / "examples" / "azure.yaml")
+    resolver = ModelResolver(config)
+    assert resolver.resolve("gpt-realtime").upstream_url({}) == "wss://my-resource.openai.azure.com/openai/v1/realtime?model=prod-voice"
+    assert resolver.resolve("legacy-voice").dialect == "openai-beta"
+    assert config.providers["azure-entra"].entra.token_command[0] == "az"
+
+
+def test_azure_provider_credentials_are_checked() -> None:
+    base = {"kind": "azure", "base_url": "https://res.openai.azure.com"}
+    for provider, message in (
+        (base, "exactly one of api_key or entra"),
+        ({**base, "api_key": "k", "entra": {"token": "t"}}, "exactly one of api_key or entra"),
+        ({**base, "entra": {"token": "t", "token_file": "/f"}}, "exactly one of token, token_file or token_command"),
+        ({"base_url": "https://api.openai.com/v1", "url_form": "preview"}, "kind: azure only"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_config({"providers": {"p": provider}})
