@@ -385,3 +385,26 @@ def test_azure_provider_credentials_are_checked() -> None:
     ):
         with pytest.raises(ConfigError, match=message):
             parse_config({"providers": {"p": provider}})
+
+
+@needs_beta
+@pytest.mark.parametrize("deployment", ["gpt-realtime", "preview-voice"])  # to a GA and to a preview-form provider
+async def test_a_preview_api_version_alone_means_a_beta_client(azure_gateway, deployment: str) -> None:
+    gateway, sink, _ = azure_gateway
+    url = f"{gateway.ws_url}/openai/realtime?api-version=2025-04-01-preview&deployment={deployment}"
+    async with websockets.connect(url, additional_headers={"api-key": VIRTUAL_KEY}) as ws:  # no OpenAI-Beta header
+        created = await recv_json(ws)
+        assert created["type"] == "session.created" and "modalities" in created["session"]
+        await ws.send(orjson.dumps({"type": "session.update", "session": {"modalities": ["text"]}}).decode())
+        await ws.send(orjson.dumps({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "flat and beta"}]}}).decode())
+        await ws.send(orjson.dumps({"type": "response.create"}).decode())
+        types, text = [], ""
+        while not types or types[-1] != "response.done":
+            event = await recv_json(ws)
+            assert event["type"] != "error", event
+            types.append(event["type"])
+            text += event.get("delta", "") if event["type"] == "response.text.delta" else ""
+    assert text == "You said: flat and beta" and "response.output_text.delta" not in types
+    (record,) = sink.wait_for(1)
+    assert record.output["text"] == text and record.cost["total"] > 0
