@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from types import ModuleType
 from urllib.parse import urlencode
 
 from bifrost_rt.config import GatewayConfig, ModelRoute, ProviderConfig
@@ -41,11 +42,13 @@ class Route:
             return replace(self, provider=self.provider.model_copy(update={"url_form": "ga"}))
         return self
 
+    @property
+    def _shape(self) -> ModuleType:
+        """The module that knows this provider kind's URLs."""
+        return azure if self.provider.kind == "azure" else openai
+
     def upstream_url(self, query: Mapping[str, str]) -> str:
-        if self.provider.kind == "azure":
-            url, params = azure.realtime_url(self.provider, self.upstream_model)
-        else:
-            url, params = openai.realtime_url(self.provider, self.upstream_model)
+        url, params = self._shape.realtime_url(self.provider, self.upstream_model)
         for name, value in query.items():
             if name not in _PRIVATE_QUERY and name not in params:
                 params[name] = value
@@ -53,9 +56,7 @@ class Route:
 
     def http_url(self, path: str) -> str:
         """A REST endpoint of the provider, `path` as under OpenAI's `/v1` (e.g. `/realtime/client_secrets`)."""
-        if self.provider.kind == "azure":
-            return azure.http_url(self.provider, path)
-        return openai.http_url(self.provider, path)
+        return self._shape.http_url(self.provider, path)
 
     async def upstream_headers(
         self, client_headers: Mapping[str, str], subprotocols: list[str], credential: str | None = None
