@@ -22,6 +22,7 @@ import pytest
 import websockets
 from openai import AsyncAzureOpenAI, AsyncOpenAI
 
+from bifrost_rt import errors
 from bifrost_rt.config import ConfigError, load_config, parse_config
 from bifrost_rt.providers import ModelResolver
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
@@ -240,7 +241,8 @@ async def test_azure_refusals_reach_websocket_clients_openai_shaped(azure_gatewa
             await recv_json(ws)
     assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error" and error["error"]["code"] == code
     assert ws.close_code == 4000 and ws.close_reason == f"invalid_request_error.{code}"
-    assert str(simulator.port) not in error["error"]["message"] and "127.0.0.1" not in error["error"]["message"]
+    message = error["error"]["message"]
+    assert message and str(simulator.port) not in message and "127.0.0.1" not in message and "://" not in message
 
 
 async def test_a_bad_provider_key_is_the_gateways_problem(azure_sim, start_gateway) -> None:
@@ -408,3 +410,17 @@ async def test_a_preview_api_version_alone_means_a_beta_client(azure_gateway, de
     assert text == "You said: flat and beta" and "response.output_text.delta" not in types
     (record,) = sink.wait_for(1)
     assert record.output["text"] == text and record.cost["total"] > 0
+
+
+def test_provider_refusal_bodies_become_openai_shaped_errors() -> None:
+    azure_body = orjson.dumps({"error": {"code": "OperationNotSupported", "message":
+        "Deployment of my-resource at my-resource.openai.azure.com is not realtime; see https://go.microsoft.com/x."}})
+    error = errors.provider_refusal(400, azure_body, "my-resource.openai.azure.com")
+    assert (error.type, error.code, error.param, error.close_code) == ("invalid_request_error", "OperationNotSupported", None, 4000)
+    assert "my-resource" not in error.message and "http" not in error.message and error.message.startswith("Deployment of")
+    openai_body = orjson.dumps({"error": {"type": "invalid_request_error", "code": "invalid_value", "message": "Bad.", "param": "model"}})
+    assert errors.provider_refusal(404, openai_body, "api.openai.com") == errors.RealtimeError(
+        "invalid_request_error", "invalid_value", "Bad.", "model", close_code=4000)
+    assert errors.provider_refusal(401, azure_body, None).code == "upstream_auth_failed"
+    assert errors.provider_refusal(503, openai_body, None).code == "upstream_unavailable"
+    assert errors.provider_refusal(400, b"<html>no</html>", None).code == "upstream_unavailable"

@@ -85,6 +85,7 @@ def deployment_model(deployment: str | None, intent: str | None, deployments: Ma
             400,
             "OperationNotSupported",
             f"The realtime operation does not work with the specified model, {model}. Please choose different model "
-            "and try again.",
+            "and try again. You can learn more about which models can be used with each operation here: "
+            "https://go.microsoft.com/fwlink/?linkid=2197993.",
         )
     return model
