@@ -5,6 +5,10 @@ frames and the provider frames the tracker absorbed while a turn was open (the w
 out of them); a WebRTC call keeps the RTP packets its rings forward. Input audio since the last commit is what the
 commit fed, and it goes to the next turn that starts; output audio goes to the turns open while it arrives.
 Each direction holds at most `max_turn_bytes`: older input is let go, later output is not kept (`truncated`).
+
+On a call the provider streams a response's audio in real time, so it trails `response.done`: the output of the
+turn that started last is kept until `output_audio_buffer.stopped` (or `cleared`, the next turn, the end of the
+call) and only then written; its record names the format without a size, since the size is not known yet.
 """
 
 from __future__ import annotations
@@ -42,6 +46,15 @@ class _Chunks:
 
 
 @dataclass(slots=True)
+class _Speaking:
+    """A call's output audio: the packets since its turn started, until the provider stops sending them."""
+
+    response_id: str
+    chunks: _Chunks = field(default_factory=_Chunks)
+    turn_id: str | None = None  # set once the turn's record exists
+
+
+@dataclass(slots=True)
 class _OpenTurn:
     input: _Chunks
     output_from: int  # index in the shared output list where this turn's audio starts
@@ -59,6 +72,7 @@ class AudioCapture:
         self._output: list[str | bytes] = []  # while any turn is open
         self._output_size = 0
         self._open: dict[str, _OpenTurn] = {}
+        self._speaking: _Speaking | None = None
 
     # ---- the relay path: one append each ------------------------------------------------------
 
@@ -73,6 +87,16 @@ class AudioCapture:
 
     def provider_audio(self, chunk: str | bytes) -> None:
         """A provider frame absorbed while a turn is open, or an RTP packet from the provider."""
+        if self.opus:
+            speaking = self._speaking
+            if speaking is not None:
+                chunks = speaking.chunks
+                if chunks.size + len(chunk) > self._max:
+                    chunks.truncated = True
+                else:
+                    chunks.items.append(chunk)
+                    chunks.size += len(chunk)
+            return
         if not self._open:
             return
         if self._output_size + len(chunk) > self._max:
@@ -108,11 +132,28 @@ class AudioCapture:
     def turn_started(self, response_id: str) -> None:
         self._open[response_id] = _OpenTurn(self._committed, len(self._output))
         self._committed = _Chunks()
+        if self.opus:
+            self.output_stopped(None)
+            self._speaking = _Speaking(response_id)
+
+    def output_stopped(self, response_id: str | None) -> None:
+        """A call's output audio for `response_id` (None: whichever) has stopped: write it if its turn has ended."""
+        speaking = self._speaking
+        if speaking is None or (response_id is not None and response_id != speaking.response_id):
+            return
+        if speaking.turn_id is None:  # the turn goes on (audio stopped before response.done): keep listening
+            return
+        self._speaking = None
+        if speaking.chunks.items:
+            self._sink.submit([AudioClip(speaking.turn_id, "output", OGG_OPUS, list(speaking.chunks.items), speaking.chunks.size)])
 
     def turn_finished(self, record: TurnRecord, output_bytes: int) -> None:
         """Hands the turn's clips to the writer and describes them on the record (or marks them dropped)."""
         turn = self._open.pop(record.response_id or "", None)
         if turn is None:
+            return
+        if self.opus:
+            self._finish_call_turn(record, turn)
             return
         output = _Chunks(deque(self._output[turn.output_from :]), 0, output_bytes, turn.truncated)
         output.size = self._output_size - sum(len(c) for c in self._output[: turn.output_from])
@@ -135,6 +176,22 @@ class AudioCapture:
         else:
             record.metadata["audio_dropped"] = True
 
+    def _finish_call_turn(self, record: TurnRecord, turn: _OpenTurn) -> None:
+        described: dict[str, dict[str, Any]] = {}
+        if turn.input.items:
+            description = self._describe(turn.input, OGG_OPUS)
+            if description is not None:
+                if self._sink.submit([AudioClip(record.id, "input", OGG_OPUS, list(turn.input.items), turn.input.size)]):
+                    described["input"] = description
+                else:
+                    record.metadata["audio_dropped"] = True
+        speaking = self._speaking
+        if speaking is not None and speaking.response_id == record.response_id:
+            speaking.turn_id = record.id
+            described["output"] = {"format": OGG_OPUS}  # still arriving: written when the provider stops it
+        if described:
+            record.audio = described
+
     def _describe(self, chunks: _Chunks, audio_format: str) -> dict[str, Any] | None:
         if audio_format == OGG_OPUS:
             payloads = [rtp_payload(p) for p in chunks.items if isinstance(p, bytes)]
@@ -151,6 +208,8 @@ class AudioCapture:
         return description
 
     def close(self) -> None:
+        self.output_stopped(None)
+        self._speaking = None
         self._pending = self._committed = _Chunks()
         self._output.clear()
         self._open.clear()

@@ -133,6 +133,8 @@ class RealtimeSession:
             "conversation.item.input_audio_transcription.completed": self._on_transcription,
             "input_audio_buffer.committed": self._on_committed,
             "input_audio_buffer.cleared": self._on_cleared,
+            "output_audio_buffer.stopped": self._on_output_audio_stopped,
+            "output_audio_buffer.cleared": self._on_output_audio_stopped,
             "error": self._on_error,
         }
 
@@ -237,6 +239,10 @@ class RealtimeSession:
         if self.audio is not None:
             self._tracker.take_input_audio_bytes()
             self.audio.cleared()
+
+    def _on_output_audio_stopped(self, frame: str, info: Any) -> None:
+        if self.audio is not None:
+            self.audio.output_stopped(info.response_id)
 
     def _on_item(self, frame: str, info: Any) -> None:
         turn_input = input_from_item(_loads(frame).get("item"))
