@@ -9,11 +9,13 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from openai import AsyncOpenAI
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 
 from conftest import PROVIDER_KEY, VIRTUAL_KEY
+from rtc_client import TIMEOUT_S, Caller
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN_ID = "00f067aa0ba902b7"
@@ -186,3 +188,34 @@ def test_without_telemetry_the_sdk_is_never_imported():
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+async def test_a_webrtc_call_continues_the_traceparent_of_its_request(simulator, start_gateway, receiver):
+    server, sink = start_gateway(f"{simulator.url}/v1", telemetry={"endpoint": receiver.url}, webrtc={"host_candidates": "loopback"})
+    caller = Caller()
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
+            reply = await http.post(
+                f"{server.url}/v1/realtime/calls?model=gpt-realtime",
+                content=await caller.offer(),
+                headers={"Authorization": f"Bearer {VIRTUAL_KEY}", "Content-Type": "application/sdp",
+                         "traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"},
+            )
+        assert reply.status_code == 201, reply.text
+        await caller.accept(reply.text)
+        await caller.expect("session.created")
+        caller.send("session.update", session={"type": "realtime", "output_modalities": ["text"]})
+        await caller.expect("session.updated")
+        await caller.say("hello")
+        caller.send("response.create")
+        await caller.until("response.done")
+    finally:
+        await caller.close()
+    sink.wait_for(1)
+    server.stop()
+    spans = receiver.wait_for_spans(2)
+    (session,) = [s for s in spans if s.name == "realtime.session"]
+    (turn,) = [s for s in spans if s.name == "realtime.turn"]
+    assert session.trace_id.hex() == TRACE_ID and session.parent_span_id.hex() == PARENT_SPAN_ID
+    assert turn.parent_span_id == session.span_id
+    assert attributes(session)["bifrost.transport"] == attributes(turn)["bifrost.transport"] == "webrtc"
