@@ -17,7 +17,6 @@ import av
 import httpx
 import pytest
 from openai import AsyncOpenAI
-from test_gateway_clients import tone_pcm16, until_done
 
 from bifrost_rt.config import parse_config
 from bifrost_rt.runtime.app import create_app
@@ -31,6 +30,7 @@ from bifrost_rt.tools.simulator.webrtc import OPUS_RATE
 from conftest import VIRTUAL_KEY, CapturingSink, gateway_config
 from rtc_client import LOUD_RMS, TIMEOUT_S, VOICE_HZ, call, rms, zero_crossing_hz
 from servers import ServerThread
+from test_gateway_clients import tone_pcm16, until_done
 
 ADMIN_KEY = "sk-bf-admin-audio"
 QUIET_KEY = "sk-bf-no-content"
