@@ -288,3 +288,27 @@ async def test_the_writer_queue_is_bounded_by_turns_and_never_waits(tmp_path):
     finally:
         await writer.close()
     assert "turn_4.input.wav" in stored_files(tmp_path)
+
+
+async def test_g711_sessions_are_recorded_in_their_own_formats(simulator, start_gateway, tmp_path):
+    server, sink = start_gateway(f"{simulator.url}/v1", **recording_config(tmp_path))
+    sent = bytes((n * 7) % 256 for n in range(4800))  # 600 ms of 8 kHz μ-law
+    async with client(server).realtime.connect(model="gpt-realtime") as conn:
+        await conn.session.update(session={"type": "realtime", "output_modalities": ["audio"], "audio": {
+            "input": {"turn_detection": None, "format": {"type": "audio/pcmu"}}, "output": {"format": {"type": "audio/pcma"}}}})
+        for offset in range(0, len(sent), 1600):
+            await conn.input_audio_buffer.append(audio=base64.b64encode(sent[offset : offset + 1600]).decode())
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        events = await until_done(conn)
+    received = b"".join(base64.b64decode(e.delta) for e in events if e.type == "response.output_audio.delta")
+    record = next(r for r in sink.wait_for(1) if r.response_id == events[-1].response.id)
+    assert record.audio["input"] == {"format": "g711_ulaw", "bytes": 4800, "duration_ms": 600.0}
+    assert record.audio["output"]["format"] == "g711_alaw" and record.audio["output"]["bytes"] == len(received) > 0
+    for direction, expected, tag in (("input", sent, 7), ("output", received, 6)):
+        data = fetch(server, record.id, direction).content
+        fmt_tag, channels, rate = struct.unpack("<HHI", data[20:28])
+        assert (fmt_tag, channels, rate) == (tag, 1, 8000)
+        data_at = data.index(b"data") + 8
+        assert data[data_at : data_at + len(expected)] == expected
+        assert decode_with_pyav(data, "wav").samples == len(expected)
