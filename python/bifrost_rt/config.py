@@ -251,7 +251,7 @@ class AudioConfig(_Strict):
         64 * 1024 * 1024, ge=1024, description="audio awaiting the writer; a turn that would exceed it is dropped and counted"
     )
     max_turn_bytes: int = Field(
-        8 * 1024 * 1024, ge=1024, description="audio held per turn and direction (as received); beyond it the recording is cut"
+        8 * 1024 * 1024, ge=1024, description="audio held per turn and direction (as received), so per recording session in memory; beyond it the recording is cut"
     )
 
 
