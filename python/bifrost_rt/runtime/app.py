@@ -23,6 +23,7 @@ from bifrost_rt.http.error_responses import error_response
 from bifrost_rt.http.logs_api import LogsApi
 from bifrost_rt.http.origin import origin_checked
 from bifrost_rt.http.realtime import RealtimeWebSocketEndpoint
+from bifrost_rt.http.turn_audio import TurnAudioApi
 from bifrost_rt.policy.hooks import Plugin
 from bifrost_rt.runtime.gateway import Gateway
 from bifrost_rt.state.turn_writer import TurnSink
@@ -54,6 +55,13 @@ def _log_routes(gateway: Gateway) -> list[Route]:
         Route("/api/logs/sessions/{session_id}", api.session_logs, methods=["GET"]),
         Route("/api/logs/sessions/{session_id}/summary", api.session_summary, methods=["GET"]),
     ]
+
+
+def _audio_routes(gateway: Gateway) -> list[Route]:
+    if gateway.audio is None:
+        return []
+    api = TurnAudioApi(gateway.audio.store, gateway.authenticator.is_admin)
+    return [Route("/api/logs/turns/{turn_id}/audio/{direction}", api.audio, methods=["GET"])]
 
 
 def create_app(
@@ -117,6 +125,7 @@ def create_app(
     routes += [
         Route("/api/client_secrets/revoke", checked(RevokeEndpoint(gateway).handle), methods=["POST"]),
         *_log_routes(gateway),
+        *_audio_routes(gateway),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),

@@ -80,9 +80,9 @@ def summarize(targets: list[str], runs: list[dict[str, Any]], latencies: dict[st
     return summary
 
 
-# The gateway as shipped (turn accounting, log lines), with governance and the SQLite turn log on, and serving
-# beta-protocol clients (every event translated between beta and GA).
-RELAYS = ("gateway", "governed", "beta")
+# The gateway as shipped (turn accounting, log lines), with governance and the SQLite turn log on, serving
+# beta-protocol clients (every event translated between beta and GA), and recording turn audio.
+RELAYS = ("gateway", "governed", "beta", "recording")
 
 
 def _ratios(runs: list[dict[str, Any]], medians: dict[str, dict[str, float]], relay: str) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def _ratios(runs: list[dict[str, Any]], medians: dict[str, dict[str, float]], re
 
 def format_table(summary: dict[str, Any], header: str) -> str:
     names = list(summary["medians"])
-    label_width = max(len("governed/floor"), *(len(n) + 1 for n in names))
+    label_width = max(len("recording/floor"), *(len(n) + 1 for n in names))
     widths = [max(len(title), 9) for _, title, _ in COLUMNS]
 
     def row(label: str, cells: list[str]) -> str:
