@@ -530,3 +530,45 @@ def test_several_workers_or_instances_need_the_shared_store(tmp_path: Path) -> N
     config.write_text(yaml.safe_dump(base))
     result = subprocess.run([sys.executable, "-m", "bifrost_rt.cli", "serve", "--config", str(config), "--workers", "2"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "store.redis_url" in result.stderr
+
+
+DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile"
+
+
+def test_the_dockerfile_builds_the_wheel_and_runs_serve() -> None:
+    """Checked stage by stage with a Dockerfile parser, so it holds where no container runtime is available."""
+    from dockerfile_parse import DockerfileParser
+
+    dockerfile = DOCKERFILE
+    parsed = DockerfileParser(path=str(dockerfile))
+    stages = [(entry["instruction"], entry["value"]) for entry in parsed.structure]
+    froms = [value for instruction, value in stages if instruction == "FROM"]
+    assert [value.rsplit(" ", 1)[-1] for value in froms] == ["build", "runtime"]
+    build = stages[: next(i for i, (instruction, value) in enumerate(stages) if value.endswith("AS runtime"))]
+    copied = " ".join(value for instruction, value in build if instruction == "COPY")
+    for needed in ("Cargo.toml", "Cargo.lock", "pyproject.toml", "src", "python"):
+        assert needed in copied
+    assert any(instruction == "RUN" and "maturin build --release" in value for instruction, value in build)
+    runtime = stages[len(build):]
+    assert ("COPY", "--from=build /dist /dist") in runtime
+    assert any(instruction == "RUN" and "pip install" in value and ".whl" in value for instruction, value in runtime)
+    assert any(instruction == "USER" and value != "root" for instruction, value in runtime)
+    assert json.loads(dict(stages)["ENTRYPOINT"]) == ["bifrost-rt", "serve"]
+    cmd = json.loads(dict(stages)["CMD"])
+    assert cmd[:2] == ["--config", "/etc/bifrost-rt/gateway.yaml"]
+    # Everything the build stage copies exists in the repository, and .dockerignore keeps local builds out.
+    root = dockerfile.parent
+    for name in ("Cargo.toml", "Cargo.lock", "pyproject.toml", "README.md", "src", "python"):
+        assert (root / name).exists(), name
+    assert {".venv", "target", "**/*.so"} <= set((root / ".dockerignore").read_text().split())
+
+
+@pytest.mark.slow
+def test_the_image_builds_and_runs_where_a_container_runtime_is_available() -> None:
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "info"], capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("no container runtime answers `docker info` here (a client without a daemon)")
+    tag = "bifrost-rt-test:latest"
+    subprocess.run([docker, "build", "-t", tag, str(DOCKERFILE.parent)], check=True, timeout=1800)
+    version = subprocess.run([docker, "run", "--rm", "--entrypoint", "bifrost-rt", tag, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("bifrost-rt ")
