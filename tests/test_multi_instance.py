@@ -162,7 +162,7 @@ http {{
             proxy_read_timeout 120s;
             proxy_send_timeout 120s;
             proxy_buffering off;
-            proxy_next_upstream error timeout http_503 non_idempotent;
+            proxy_next_upstream error http_503 non_idempotent;
         }}
     }}
 }}
