@@ -327,7 +327,7 @@ class CallRelay:
         call = await self._authorised_call(scope_headers(scope), list(scope.get("subprotocols") or ()), call_id)
         if isinstance(call, _Elsewhere):
             if self._redirect and "websocket.http.response" in scope.get("extensions", {}):
-                location = f"{call.owner.address}{scope['path']}?call_id={call_id}".encode()
+                location = f"ws://{call.owner.address.removeprefix('http://')}{scope['path']}?call_id={call_id}".encode()
                 await send({"type": "websocket.http.response.start", "status": 307, "headers": [(b"location", location), (b"content-length", b"0")]})
                 await send({"type": "websocket.http.response.body", "body": b""})
                 return
