@@ -276,7 +276,7 @@ class CallRelay:
 
     async def hangup(self, request: Request) -> Response:
         call_id = request.path_params["call_id"]
-        found = await self._authorised_call(scope_headers(request.scope), (), call_id)
+        found = await self._authorised_call(scope_headers(request.scope), [], call_id)
         if isinstance(found, RealtimeError):
             return _refusal_response(found)
         if isinstance(found, _Elsewhere):
@@ -287,7 +287,7 @@ class CallRelay:
         await found.hang_up()
         return Response(status_code=200)
 
-    async def _authorised_call(self, headers: dict[str, str], subprotocols: list[str] | tuple[()], call_id: str) -> Call | _Elsewhere | RealtimeError:
+    async def _authorised_call(self, headers: dict[str, str], subprotocols: list[str], call_id: str) -> Call | _Elsewhere | RealtimeError:
         """The call (or where it lives), for its own principal only; anyone else learns no more than that it does
         not exist. A request another instance forwarded speaks for the key id it was signed with."""
         forwarded = headers.get(FORWARDED_HEADER)
