@@ -115,3 +115,13 @@ async def test_with_redirects_a_hangup_and_a_sideband_are_sent_to_the_owner(two_
             assert reply.status_code == 200
         await asyncio.wait_for(caller.channel_closed.wait(), 10)
         assert (await hang_up(other, call_id, key=VIRTUAL_KEY)).status_code == 404  # type: ignore[arg-type]
+
+
+async def test_without_the_store_a_call_is_reached_only_where_it_lives(two_gateways: tuple[ServerThread, ServerThread], redis_server) -> None:
+    owner, other = two_gateways
+    redis_server.stop()
+    async with call(owner, key=VIRTUAL_KEY, path=MODEL_PATH) as (caller, call_id):
+        refused = await hang_up(other, call_id, key=VIRTUAL_KEY)  # type: ignore[arg-type]
+        assert refused.status_code == 404 and refused.json()["error"]["code"] == "call_not_found"
+        assert (await hang_up(owner, call_id, key=VIRTUAL_KEY)).status_code == 200  # type: ignore[arg-type]
+        await asyncio.wait_for(caller.channel_closed.wait(), 10)
