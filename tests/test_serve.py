@@ -24,6 +24,7 @@ from servers import ServerThread
 from services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["redis_service"]  # the redis_server fixture: several workers share their state through Redis
 
 
 def wait_until_listening(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -67,13 +68,14 @@ def test_config_errors_name_the_field(tmp_path, monkeypatch):
     assert "sk-from-env" not in repr(config)
 
 
-def write_config(path: Path, upstream_port: int, **realtime) -> Path:
+def write_config(path: Path, upstream_port: int, redis_url: str | None = None, **realtime) -> Path:
     import yaml
 
     path.write_text(
         yaml.safe_dump(
             {
                 "server": {"log_level": "info"},
+                "store": {"redis_url": redis_url},
                 "providers": {"openai": {"base_url": f"http://127.0.0.1:{upstream_port}/v1", "api_key": "sk-provider"}},
                 "virtual_keys": [{"key": VIRTUAL_KEY, "name": "team-a"}],
                 "realtime": realtime,
@@ -208,10 +210,10 @@ def test_package_installs_in_a_clean_venv_and_serves(tmp_path, install):
         assert process.wait(15) == 0
 
 
-async def test_workers_log_their_turns_and_drain_on_sigterm(tmp_path):
+async def test_workers_log_their_turns_and_drain_on_sigterm(tmp_path, redis_server):
     with ServerThread(create_simulator_app(SimulatorOptions(pace=0))) as simulator:
         port = free_port()
-        config = write_config(tmp_path / "gateway.yaml", simulator.port)
+        config = write_config(tmp_path / "gateway.yaml", simulator.port, redis_server.url)
         process = subprocess.Popen(
             [sys.executable, "-m", "bifrost_rt.cli", "serve", "--config", str(config), "--port", str(port), "--workers", "2"],
             stderr=subprocess.PIPE,

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from bifrost_rt import __version__
-from bifrost_rt.config import ConfigError, load_config
+from bifrost_rt.config import ConfigError, load_config, parse_config
 
 
 def _serve(ns: argparse.Namespace) -> int:
@@ -18,10 +18,13 @@ def _serve(ns: argparse.Namespace) -> int:
         print(f"bifrost-rt: {error}", file=sys.stderr)
         return 2
     overrides = {name: getattr(ns, name) for name in ("host", "port", "workers") if getattr(ns, name) is not None}
-    config = config.model_copy(update={"server": config.server.model_copy(update=overrides)})
+    try:  # validated again: the command line may change what the file's checks allowed (e.g. --workers)
+        config = parse_config(config.model_copy(update={"server": config.server.model_copy(update=overrides)}).model_dump())
+    except ConfigError as error:
+        print(f"bifrost-rt: {error}", file=sys.stderr)
+        return 2
     configure_logging(config.server.log_level)
-    serve(ns.config, config)
-    return 0
+    return serve(config)
 
 
 def _simulate(ns: argparse.Namespace) -> int:

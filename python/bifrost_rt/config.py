@@ -330,7 +330,7 @@ class HooksConfig(_Strict):
 
 class StoreConfig(_Strict):
     redis_url: EnvSecret | None = Field(
-        default=None, description="shared counters for budgets, rate limits, session caps and revocations; unset: in-memory"
+        default=None, description="shared counters for budgets, rate limits, session caps, revocations and the call directory; unset: in-memory"
     )
     timeout_s: float = Field(0.5, gt=0)
 
@@ -355,6 +355,44 @@ class ServerConfig(_Strict):
     max_pending_handshakes: int = Field(
         256, ge=1, description="connections per process still sending their first request head; beyond it new ones are closed at once"
     )
+    instance_url: str | None = Field(
+        default=None,
+        description="http://host:port where the other instances reach this one's forwarding listener (bound on `host`; "
+        "worker i listens on port + i); unset: a single process keeps its calls to itself, workers use loopback",
+    )
+    instance_secret: EnvSecret | None = Field(
+        default=None, description="authenticates requests forwarded between instances; the same on every instance"
+    )
+    call_forwarding: Literal["proxy", "redirect"] = Field(
+        "proxy", description="a hangup or sideband for another instance's call: relayed to it, or answered 307 to its instance_url"
+    )
+    call_directory_ttl_s: float = Field(30.0, ge=3, description="a call's directory entry outlives its owner by at most this")
+    drain_ready_delay_s: float = Field(
+        0.0, ge=0, description="on SIGTERM /readyz is 503 this long, still serving, before new sessions are refused"
+    )
+
+    @field_validator("instance_url")
+    @classmethod
+    def _check_instance_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.rstrip("/")
+        if not re.match(r"^http://[^/:]+:\d+$", value):
+            raise ValueError("must be http://host:port")
+        return value
+
+    @field_validator("instance_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _instances_need_a_secret(self) -> ServerConfig:
+        if self.instance_url is not None and self.instance_secret is None:
+            raise ValueError("instance_secret is required with instance_url")
+        return self
 
 
 class GatewayConfig(_Strict):
@@ -416,9 +454,12 @@ class GatewayConfig(_Strict):
                 raise ValueError(f"virtual_keys.{index}.team: unknown team {vk.team!r}")
             seen.add(secret)
             names.add(vk.name)
-        limited = self.teams or any(vk.budget or vk.rate_limits or vk.max_sessions for vk in self.virtual_keys)
-        if limited and self.server.workers > 1 and self.store.redis_url is None:
-            raise ValueError("store.redis_url: budgets, rate limits and session caps need a shared store with several workers")
+        # Budgets, rate limits, session caps and the call directory (hangup and sideband of WebRTC calls) are
+        # shared through the store; per-process memory would split them between workers or instances.
+        if self.store.redis_url is None and (self.server.workers > 1 or self.server.instance_url is not None):
+            raise ValueError(
+                "store.redis_url: budgets, rate limits, session caps and WebRTC calls need a shared store with several workers or instances"
+            )
         return self
 
 

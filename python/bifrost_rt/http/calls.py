@@ -3,7 +3,8 @@
 A call request is admitted like a WebSocket (key or gateway client secret, model, caps, governance) before the
 gateway places its own call to the provider. The client's answer is returned once the provider has answered the
 gateway's offer, so every refusal, the provider's included, is an HTTP error the caller can read; both peers then
-connect in parallel. Calls are pinned to the process that answered them.
+connect in parallel. A call lives in the process that answered it; with several processes the call directory names
+that owner, and a hangup or sideband socket reaching another process is relayed to it (`call_peers`) or redirected.
 """
 
 from __future__ import annotations
@@ -23,11 +24,15 @@ from bifrost_rt.core import ending as endings
 from bifrost_rt.core.relay import Relay
 from bifrost_rt.errors import RealtimeError, new_id
 from bifrost_rt.http.admission import Admission, admit
+from bifrost_rt.http.call_peers import FORWARDED_HEADER, InstancePeers, call_not_found
 from bifrost_rt.http.error_responses import error_response, provider_error_response
-from bifrost_rt.http.handshake import baggage_session_id, scope_headers, traceparent
+from bifrost_rt.http.handshake import baggage_session_id, scope_headers, scope_query, traceparent
 from bifrost_rt.http.services import Services
 from bifrost_rt.policy.auth import presented_credential
 from bifrost_rt.rtc.offers import OfferError, read_offer
+from bifrost_rt.state.call_directory import CallDirectory, CallOwner
+from bifrost_rt.state.kv import KVUnavailable
+from bifrost_rt.tasks import stop_task
 
 if TYPE_CHECKING:  # aiortc loads with the first call, not with the WebSocket path
     from bifrost_rt.wire.webrtc import Call
@@ -66,6 +71,14 @@ class CallRelay:
         self._calls: dict[str, Call] = {}
         self._per_key: Counter[str] = Counter()
         self._placing = 0  # admitted requests still negotiating: they hold their place under the caps
+        server = gateway.config.server
+        # Without a forwarding address no other process can reach this one: its calls stay out of the directory.
+        self.address = gateway.forward_url
+        self.directory = CallDirectory(gateway.kv, server.call_directory_ttl_s) if self.address else None
+        secret = server.instance_secret
+        self.peers = InstancePeers(secret.get_secret_value(), gateway.http) if secret is not None else None
+        self._redirect = server.call_forwarding == "redirect"
+        self._renewer: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -130,6 +143,7 @@ class CallRelay:
             self._calls[call.id] = call
             self._per_key[key_id] += 1  # the call's own hold, released when it ends
             call.start()
+            await self._register(call)
             logger.info("call %s answered for %s (model %s)", call.id, admission.principal.name, admission.route.requested_model)
             return Response(answer, status_code=201, media_type="application/sdp", headers={"Location": f"{prefix}/realtime/calls/{call.id}"})
         finally:
@@ -209,9 +223,36 @@ class CallRelay:
         location = response.headers.get("location", "")
         return response.text, location.rstrip("/").rsplit("/", 1)[-1] or None
 
+    # --- the call directory ---
+
+    async def _register(self, call: Call) -> None:
+        """Names this process as the call's owner before the client learns the call id, then keeps it named."""
+        if self.directory is None or self.address is None:
+            return
+        try:
+            await self.directory.register(call.id, CallOwner(self.address, call.session.principal.key_id))
+        except KVUnavailable as error:
+            logger.warning("call %s is reachable on this process only: the store is unavailable (%s)", call.id, error)
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew(self.directory, self.address), name="bifrost-rt-call-directory")
+
+    async def _renew(self, directory: CallDirectory, address: str) -> None:
+        while self._calls:
+            await asyncio.sleep(directory.ttl_s / 3)
+            for call in list(self._calls.values()):
+                try:
+                    await directory.register(call.id, CallOwner(address, call.session.principal.key_id))
+                except KVUnavailable:
+                    pass  # retried next round, before the entry lapses
+
     async def _ended(self, call: Call) -> None:
         if self._calls.pop(call.id, None) is None:
             return
+        if self.directory is not None:
+            try:
+                await self.directory.remove(call.id)
+            except KVUnavailable:
+                pass  # the entry lapses on its own; the owner answers call_not_found meanwhile
         key_id = call.session.principal.key_id
         self._release_key(key_id)
         await self.gateway.governance.release(key_id, call.session.id)
@@ -239,27 +280,67 @@ class CallRelay:
 
     async def hangup(self, request: Request) -> Response:
         call_id = request.path_params["call_id"]
-        call = await self._authorised_call(presented_credential(scope_headers(request.scope), (), request.query_params), call_id)
-        if isinstance(call, RealtimeError):
-            return _refusal_response(call)
-        await call.hang_up()
+        headers = scope_headers(request.scope)
+        found = await self._authorised_call(headers, presented_credential(headers, (), request.query_params), call_id)
+        if isinstance(found, RealtimeError):
+            return _refusal_response(found)
+        if isinstance(found, _Elsewhere):
+            if self._redirect:
+                return Response(status_code=307, headers={"Location": f"{found.owner.address}{request.url.path}"})
+            assert self.peers is not None
+            return await self.peers.forward_hangup(found.owner.address, request.url.path, call_id, found.owner.key_id)
+        await found.hang_up()
         return Response(status_code=200)
 
-    async def _authorised_call(self, credential: str | None, call_id: str) -> Call | RealtimeError:
-        """The call, for its own principal only; anyone else learns no more than that it does not exist."""
+    async def _authorised_call(self, headers: dict[str, str], credential: str | None, call_id: str) -> Call | _Elsewhere | RealtimeError:
+        """The call (or where it lives), for its own principal only; anyone else learns no more than that it does
+        not exist. A request another instance forwarded speaks for the key id it was signed with."""
+        forwarded = headers.get(FORWARDED_HEADER)
+        if forwarded is not None:
+            key_id = self.peers.verify(forwarded, call_id) if self.peers is not None else None
+            call = self._calls.get(call_id)
+            if key_id is None or call is None or call.session.principal.key_id != key_id:
+                return call_not_found(call_id)  # never forwarded twice: a call that moved on is gone
+            return call
         admission = await admit(self.gateway, credential, None, model_required=False)
         if isinstance(admission, RealtimeError) and admission.code == "invalid_api_key":
             return admission
+        if isinstance(admission, RealtimeError):
+            return call_not_found(call_id)
+        key_id = admission.principal.key_id
         call = self._calls.get(call_id)
-        if call is None or isinstance(admission, RealtimeError) or admission.principal.key_id != call.session.principal.key_id:
-            return RealtimeError("invalid_request_error", "call_not_found", f"Call with id '{call_id}' not found.", "call_id", close_code=errors.CLOSE_PROTOCOL)
-        return call
+        if call is not None:
+            return call if call.session.principal.key_id == key_id else call_not_found(call_id)
+        owner = await self._owner(call_id)
+        if owner is None or owner.key_id != key_id or owner.address == self.address or self.peers is None:
+            return call_not_found(call_id)
+        return _Elsewhere(owner)
+
+    async def _owner(self, call_id: str) -> CallOwner | None:
+        if self.directory is None:
+            return None
+        try:
+            return await self.directory.lookup(call_id)
+        except KVUnavailable as error:
+            logger.warning("call %s: the call directory is unavailable (%s)", call_id, error)
+            return None
 
     # --- GET /v1/realtime?call_id= (WebSocket) ---
 
-    async def serve_sideband(self, call_id: str, credential: str | None, subprotocol: str | None, receive: Any, send: Any) -> None:
+    async def serve_sideband(self, call_id: str, scope: dict[str, Any], subprotocol: str | None, receive: Any, send: Any) -> None:
         """Attaches a WebSocket to a call: it receives the provider's events and its events go to the provider."""
-        call = await self._authorised_call(credential, call_id)
+        headers = scope_headers(scope)
+        credential = presented_credential(headers, list(scope.get("subprotocols") or ()), scope_query(scope))
+        call = await self._authorised_call(headers, credential, call_id)
+        if isinstance(call, _Elsewhere):
+            if self._redirect and "websocket.http.response" in scope.get("extensions", {}):
+                location = f"ws://{call.owner.address.removeprefix('http://')}{scope['path']}?call_id={call_id}".encode()
+                await send({"type": "websocket.http.response.start", "status": 307, "headers": [(b"location", location), (b"content-length", b"0")]})
+                await send({"type": "websocket.http.response.body", "body": b""})
+                return
+            assert self.peers is not None
+            await self.peers.proxy_sideband(call.owner.address, scope["path"], call_id, call.owner.key_id, subprotocol, receive, send)
+            return
         if isinstance(call, RealtimeError):
             self.gateway.registry.refuse(call.code or call.type)
             await send({"type": "websocket.accept", "subprotocol": subprotocol})
@@ -295,11 +376,17 @@ class CallRelay:
             call.sidebands.discard(sideband)
             pump.cancel()
 
-    async def close_all(self) -> None:
-        calls = list(self._calls.values())
-        for call in calls:
-            call.end(errors.shutting_down())
-        await asyncio.gather(*(call.closed.wait() for call in calls))
+    async def close(self) -> None:
+        await stop_task(self._renewer)
+
+
+class _Elsewhere:
+    """A call another process owns, as the directory names it."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner: CallOwner) -> None:
+        self.owner = owner
 
 
 def _session_model(session: dict[str, Any] | None) -> str | None:

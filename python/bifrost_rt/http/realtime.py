@@ -46,17 +46,18 @@ class RealtimeWebSocketEndpoint:
         subprotocols: list[str] = list(scope.get("subprotocols") or ())
         # Browsers fail the handshake unless one offered protocol is selected; never echo the key protocol.
         selected = "realtime" if "realtime" in subprotocols else None
-        if gateway.registry.draining:
+        query = scope_query(scope)
+        call_id = query.get("call_id")
+        # A draining process still serves sideband sockets: its calls run until their turns are done.
+        if gateway.registry.draining and not call_id:
             await _reject_before_upgrade(scope, send, 503, errors.shutting_down())
             return
         if not gateway.config.cors.allows(headers.get("origin")):
             gateway.registry.refuse("origin_not_allowed")
             await _reject_before_upgrade(scope, send, 403, errors.origin_not_allowed())
             return
-        query = scope_query(scope)
-        call_id = query.get("call_id")
-        if call_id and self.calls is not None:  # a sideband socket for a call this gateway holds
-            await self.calls.serve_sideband(call_id, presented_credential(headers, subprotocols, query), selected, receive, send)
+        if call_id and self.calls is not None:  # a sideband socket for a call this gateway or another holds
+            await self.calls.serve_sideband(call_id, scope, selected, receive, send)
             return
         admission = await self._admit(headers, subprotocols, query)
         if isinstance(admission, RealtimeError):

@@ -17,6 +17,7 @@ from bifrost_rt.policy.client_secrets import ClientSecrets
 from bifrost_rt.policy.governance import Governance
 from bifrost_rt.policy.hooks import HookPipeline
 from bifrost_rt.providers import ModelResolver, Route
+from bifrost_rt.state.kv import KVStore
 
 
 class Services(Protocol):
@@ -28,6 +29,8 @@ class Services(Protocol):
     hooks: HookPipeline
     client_secrets: ClientSecrets | None
     http: httpx.AsyncClient
+    kv: KVStore
+    forward_url: str | None  # where other processes reach this one (None: they cannot)
 
     def new_session(
         self, *, principal: Principal, route: Route, transport: str, session_group: str | None, session_id: str | None = None,

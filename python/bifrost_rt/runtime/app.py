@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import os
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
+import httpx
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -25,7 +28,8 @@ from bifrost_rt.http.origin import origin_checked
 from bifrost_rt.http.realtime import RealtimeWebSocketEndpoint
 from bifrost_rt.http.turn_audio import TurnAudioApi
 from bifrost_rt.policy.hooks import Plugin
-from bifrost_rt.runtime.gateway import Gateway
+from bifrost_rt.runtime.gateway import Gateway, Placement
+from bifrost_rt.runtime.metrics import merge_expositions
 from bifrost_rt.state.turn_writer import TurnSink
 
 # What browsers may send on preflighted requests (SDKs add the agents and beta headers).
@@ -44,6 +48,19 @@ CORS_ALLOWED_HEADERS = [
 def _bearer_matches(request: Request, token: str) -> bool:
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
+
+
+# A scrape or readiness probe asks each sibling worker for its own view (`?scope=worker`) and adds them up.
+_SIBLING_TIMEOUT_S = 2.0
+
+
+async def _from_siblings(gateway: Gateway, path: str, headers: dict[str, str]) -> list[httpx.Response]:
+    """The siblings' answers to `path`; a worker that does not answer in time (restarting) is left out."""
+    siblings = gateway.placement.siblings()
+    replies = await asyncio.gather(
+        *(gateway.http.get(f"{url}{path}", headers=headers, timeout=_SIBLING_TIMEOUT_S) for url in siblings), return_exceptions=True
+    )
+    return [reply for reply in replies if isinstance(reply, httpx.Response)]
 
 
 def _log_routes(gateway: Gateway) -> list[Route]:
@@ -69,11 +86,12 @@ def create_app(
     *,
     turn_sinks: Iterable[TurnSink] | None = None,
     plugins: Iterable[Plugin] = (),
+    placement: Placement | None = None,
 ) -> Starlette:
-    """`plugins` are added before those named in the configuration."""
+    """`plugins` are added before those named in the configuration; `placement` comes from `serve`."""
     if not isinstance(config, GatewayConfig):
         config = load_config(Path(config))
-    gateway = Gateway(config, turn_sinks, plugins)
+    gateway = Gateway(config, turn_sinks, plugins, placement)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -87,12 +105,26 @@ def create_app(
             refusal = error_response(401, "invalid_request_error", "invalid_api_key", "A valid bearer token is required for /metrics.")
             refusal.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
             return refusal
-        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        own = generate_latest(gateway.metrics.registry)
+        if request.query_params.get("scope") == "worker" or gateway.placement.siblings_dir is None:
+            return Response(own, media_type=CONTENT_TYPE_LATEST)
+        auth = {"authorization": request.headers["authorization"]} if "authorization" in request.headers else {}
+        replies = await _from_siblings(gateway, "/metrics?scope=worker", auth)
+        texts = [own.decode(), *(reply.text for reply in replies if reply.status_code == 200)]
+        return Response(merge_expositions(texts), media_type=CONTENT_TYPE_LATEST)
 
     async def readyz(request: Request) -> JSONResponse:
-        if gateway.registry.draining:
-            return JSONResponse({"status": "draining"}, status_code=503)
-        return JSONResponse({"status": "ready", "sessions": len(gateway.registry)})
+        """This worker's state (every worker drains together); sessions and workers counted over the instance."""
+        ready = gateway.ready and not gateway.registry.draining
+        view = {"status": "ready" if ready else "draining", "sessions": len(gateway.registry), "workers": 1}
+        if request.query_params.get("scope") != "worker" and gateway.placement.siblings_dir is not None:
+            for reply in await _from_siblings(gateway, "/readyz?scope=worker", {}):
+                try:
+                    view["sessions"] += int(orjson.loads(reply.content)["sessions"])
+                    view["workers"] += 1
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    pass
+        return JSONResponse(view, status_code=200 if ready else 503)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -101,6 +133,7 @@ def create_app(
             yield
         finally:
             await gateway.stop()
+            await calls.close()
 
     calls = CallRelay(gateway)
     cors = config.cors

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -32,14 +34,41 @@ from bifrost_rt.tasks import stop_task
 logger = logging.getLogger("bifrost_rt.gateway")
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where this process sits in its instance: its forwarding address and, with several workers, its siblings."""
+
+    forward_url: str | None = None  # other processes reach this one here (None: they cannot)
+    worker: int = 0
+    siblings_dir: Path | None = None  # with several workers: one file per worker, holding its forwarding address
+
+    def siblings(self) -> list[str]:
+        """The forwarding addresses of the instance's other workers."""
+        if self.siblings_dir is None:
+            return []
+        urls = []
+        for path in sorted(self.siblings_dir.glob("worker-*")):
+            url = path.read_text().strip() if path.name != f"worker-{self.worker}" else ""
+            if url:
+                urls.append(url)
+        return urls
+
+
 class Gateway:
     # Every gateway of this process, so a signal handler can drain them without a handle on the app.
     instances: weakref.WeakSet[Gateway] = weakref.WeakSet()
 
     def __init__(
-        self, config: GatewayConfig, turn_sinks: Iterable[TurnSink] | None = None, plugins: Iterable[Plugin] = ()
+        self,
+        config: GatewayConfig,
+        turn_sinks: Iterable[TurnSink] | None = None,
+        plugins: Iterable[Plugin] = (),
+        placement: Placement | None = None,
     ) -> None:
         self.config = config
+        self.placement = placement or Placement()
+        self.forward_url = self.placement.forward_url
+        self.ready = True  # False from the first moment of a drain, so balancers stop routing here
         self.authenticator = Authenticator(config)
         self.models = ModelResolver(config)
         self.prices = PriceTable(config.prices)

@@ -1,7 +1,8 @@
 """Prometheus metrics (`GET /metrics`).
 
 Nothing here runs per frame: relays keep plain integer counters that a collector reads at scrape time, turn
-metrics come from a turn sink, hook metrics from the hook pipeline's callbacks.
+metrics come from a turn sink, hook metrics from the hook pipeline's callbacks. With several workers, the worker
+that is scraped adds its siblings' expositions to its own (`merge_expositions`), so one scrape sees the instance.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from bifrost_rt.core.registry import SessionRegistry
@@ -151,3 +153,38 @@ class _HeadLimitsCollector(Collector):
         pending = GaugeMetricFamily("bifrost_rt_http_pending_heads", "Connections still sending their first request head")
         pending.add_metric([], http_limits.pending_heads())
         yield pending
+
+
+def merge_expositions(texts: Iterable[str]) -> bytes:
+    """One exposition from several workers' own: every series is the sum of its values across workers (every
+    series here is a count or a level that adds up), except `_created` timestamps, which keep the earliest."""
+    merged: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            if family.name not in merged:
+                merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                values[family.name] = {}
+            series = values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if key not in series:
+                    series[key] = sample.value
+                elif sample.name.endswith("_created"):
+                    series[key] = min(series[key], sample.value)
+                else:
+                    series[key] += sample.value
+    for name, family in merged.items():
+        for (sample_name, labels), value in values[name].items():
+            family.add_sample(sample_name, dict(labels), value)
+    registry = CollectorRegistry()
+    registry.register(_Fixed(list(merged.values())))
+    return generate_latest(registry)
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families

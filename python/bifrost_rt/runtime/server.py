@@ -1,4 +1,9 @@
-"""Serving with uvicorn: the settings the relay relies on, a drain before exit, and worker processes."""
+"""Serving with uvicorn: the settings the relay relies on, a drain before exit, and one process's listeners.
+
+`serve` runs one process, or with several workers the supervisor of `runtime.workers`, which runs `run_worker` in
+each. Besides the public listener, a process that other processes must reach (several workers, or `instance_url`)
+opens a forwarding listener, on which calls it owns are reached (see `http.calls`) and its siblings scrape it.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +12,30 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
+import threading
+import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import uvicorn
-from starlette.applications import Starlette
 
 from bifrost_rt import __version__
-from bifrost_rt.config import GatewayConfig, RealtimeConfig, load_config
+from bifrost_rt.config import GatewayConfig, RealtimeConfig, ServerConfig
 from bifrost_rt.runtime import ws_protocol
 from bifrost_rt.runtime.app import create_app
-from bifrost_rt.runtime.gateway import Gateway
+from bifrost_rt.runtime.gateway import Gateway, Placement
 from bifrost_rt.runtime.http_limits import H11_PROTOCOL, HTTPTOOLS_PROTOCOL, HeadLimits, attach_limits
 
 logger = logging.getLogger("bifrost_rt.server")
 
-CONFIG_ENV = "BIFROST_RT_CONFIG"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def configure_logging(level: str) -> None:
     """Root logging for `serve`; a no-op where logging is already configured."""
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
-
-
-def app_from_environment() -> Starlette:
-    """The app factory each server process calls; the configuration path comes from BIFROST_RT_CONFIG.
-
-    Worker processes are spawned, so they configure their own logging here (turn log lines included).
-    """
-    path = os.environ.get(CONFIG_ENV)
-    if not path:
-        raise RuntimeError(f"{CONFIG_ENV} is not set")
-    config = load_config(path)
-    configure_logging(config.server.log_level)
-    return create_app(config)
 
 
 def uvicorn_settings(limits: RealtimeConfig) -> dict[str, Any]:
@@ -67,15 +61,19 @@ def uvicorn_settings(limits: RealtimeConfig) -> dict[str, Any]:
 
 
 class GatewayServer(uvicorn.Server):
-    """On the first SIGTERM/SIGINT: stop accepting, drain sessions, then let uvicorn shut down.
+    """On the first SIGTERM/SIGINT: report not-ready, stop accepting, drain sessions, then let uvicorn shut down.
 
-    uvicorn alone would close every WebSocket with 1012 at once, cutting turns in flight.
+    uvicorn alone would close every WebSocket with 1012 at once, cutting turns in flight. `public` is the listener
+    closed once `/readyz` has been 503 for `drain_ready_delay_s`; the forwarding listener stays open until the end,
+    so requests for calls still draining here keep reaching them.
     """
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, ready_delay_s: float = 0.0, public: socket.socket | None = None) -> None:
         super().__init__(config)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
+        self._ready_delay_s = ready_delay_s
+        self._public = public
 
     async def startup(self, sockets=None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -92,47 +90,79 @@ class GatewayServer(uvicorn.Server):
         self._loop.call_soon_threadsafe(self._loop.create_task, self._drain_then_exit())
 
     async def _drain_then_exit(self) -> None:
-        for server in getattr(self, "servers", []):
-            server.close()
+        gateways = list(Gateway.instances)
+        for gateway in gateways:
+            gateway.ready = False
         try:
-            await asyncio.gather(*(gateway.drain() for gateway in list(Gateway.instances)))
+            if self._ready_delay_s:
+                await asyncio.sleep(self._ready_delay_s)  # still serving, while balancers see /readyz fail
+            for server in getattr(self, "servers", []):
+                if self._public is None or _same_socket(server, self._public):
+                    server.close()
+            await asyncio.gather(*(gateway.drain() for gateway in gateways))
         finally:
             self.should_exit = True
 
 
-def serve(config_path: str, config: GatewayConfig) -> None:
-    os.environ[CONFIG_ENV] = os.path.abspath(config_path)
-    uv_config = uvicorn.Config(
-        "bifrost_rt.runtime.server:app_from_environment",
-        factory=True,
-        host=config.server.host,
-        port=config.server.port,
-        workers=config.server.workers,
-        **uvicorn_settings(config.realtime),
-    )
-    attach_limits(uv_config, HeadLimits.of(config.server))
+def _same_socket(server: asyncio.base_events.Server, sock: socket.socket) -> bool:
+    return any(listening.fileno() == sock.fileno() for listening in server.sockets)
+
+
+def serve(config: GatewayConfig) -> int:
+    """Runs until SIGTERM/SIGINT; the exit status."""
     if config.server.workers == 1:
-        GatewayServer(uv_config).run()
-        return
-    _run_workers(uv_config, config.server.workers)
+        run_worker(config, 0, None, None)
+        return 0
+    from bifrost_rt.runtime.workers import Supervisor
+
+    return Supervisor(config).run()
 
 
-def _run_workers(uv_config: uvicorn.Config, workers: int) -> None:
-    """Several processes sharing one listening socket; SIGTERM is passed to each so each drains."""
-    from uvicorn._subprocess import get_subprocess
+def forwarding_socket(server: ServerConfig, worker: int) -> tuple[socket.socket, str] | None:
+    """The listener other processes reach this one on, and its URL; None when none need to."""
+    if server.instance_url is not None:
+        host, port = server.instance_url.removeprefix("http://").rsplit(":", 1)
+        bind_host, bind_port, url_host = server.host, int(port) + worker, host
+    elif server.workers > 1:
+        bind_host, bind_port, url_host = "127.0.0.1", 0, "127.0.0.1"  # siblings on this host only
+    else:
+        return None
+    sock = socket.socket(socket.AF_INET6 if ":" in bind_host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((bind_host, bind_port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock, f"http://{url_host}:{sock.getsockname()[1]}"
 
-    sock = uv_config.bind_socket()
-    processes = [get_subprocess(uv_config, target=GatewayServer(uv_config).run, sockets=[sock]) for _ in range(workers)]
-    for process in processes:
-        process.start()
 
-    def forward(sig: int, frame: FrameType | None) -> None:
-        for process in processes:
-            if process.pid is not None and process.is_alive():
-                os.kill(process.pid, signal.SIGTERM)
+def run_worker(config: GatewayConfig, worker: int, listener: socket.socket | None, siblings_dir: Path | None) -> None:
+    """One gateway process on `listener` (None: it binds server.host:port itself) until it is told to stop."""
+    configure_logging(config.server.log_level)
+    uv_config = uvicorn.Config(None, host=config.server.host, port=config.server.port, **uvicorn_settings(config.realtime))
+    attach_limits(uv_config, HeadLimits.of(config.server))
+    public = listener if listener is not None else uv_config.bind_socket()
+    sockets = [public]
+    forwarding = forwarding_socket(config.server, worker)
+    placement = Placement(worker=worker, siblings_dir=siblings_dir)
+    if forwarding is not None:
+        sockets.append(forwarding[0])
+        placement = Placement(forwarding[1], worker, siblings_dir)
+        if siblings_dir is not None:
+            entry = siblings_dir / f"worker-{worker}"
+            entry.with_suffix(".tmp").write_text(forwarding[1])
+            entry.with_suffix(".tmp").replace(entry)  # siblings never read half a file
+        logger.info("worker %d (pid %d) takes forwarded requests on %s", worker, os.getpid(), forwarding[1])
+    uv_config.app = create_app(config, placement=placement)
+    GatewayServer(uv_config, config.server.drain_ready_delay_s, public).run(sockets=sockets)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for process in processes:
-        process.join()
-    sock.close()
+
+def exit_with_parent() -> None:
+    """A worker whose supervisor died (killed, not signalled) drains and exits rather than serve on alone."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="bifrost-rt-parent-watch", daemon=True).start()

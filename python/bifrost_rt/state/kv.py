@@ -1,4 +1,5 @@
-"""Key-value state shared by policy code: token revocations, fixed-window counters and session leases.
+"""Key-value state shared by policy code and the call directory: token revocations, fixed-window counters,
+session leases and call owners.
 
 `MemoryKV` serves one process; `redis_kv.RedisKV` shares the same state between gateway processes (and loads the
 Redis client only when configured). Counter values are
@@ -21,6 +22,8 @@ class KVStore(Protocol):
 
     async def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
         """Store `value`; with `ttl_s`, the key disappears after that many seconds."""
+
+    async def delete(self, key: str) -> None: ...
 
     async def incr(self, key: str, amount: int, ttl_s: float) -> int:
         """Add `amount` to an integer counter and return the new value. A missing counter starts at 0 and
@@ -60,6 +63,9 @@ class MemoryKV:
 
     async def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
         self._put(key, value, self._clock() + ttl_s if ttl_s is not None else None)
+
+    async def delete(self, key: str) -> None:
+        self._values.pop(key, None)
 
     async def incr(self, key: str, amount: int, ttl_s: float) -> int:
         current = self._live(key)

@@ -102,6 +102,10 @@ class RedisKV:
         with _unavailable():
             await self._redis.set(key, value, px=_ms(ttl_s) if ttl_s is not None else None)
 
+    async def delete(self, key: str) -> None:
+        with _unavailable():
+            await self._redis.delete(key)
+
     async def incr(self, key: str, amount: int, ttl_s: float) -> int:
         with _unavailable():
             return int(await self._incr(keys=[key], args=[amount, _ms(ttl_s)]))
