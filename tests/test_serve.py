@@ -229,8 +229,9 @@ async def test_workers_log_their_turns_and_drain_on_sigterm(tmp_path, redis_serv
                     while json.loads(await ws.recv())["type"] != "response.done":
                         pass
             process.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(process.wait, 20) == 0
+            code = await asyncio.to_thread(process.wait, 20)
             log = process.stderr.read()
+            assert code == 0, log
         finally:
             if process.poll() is None:
                 process.kill()

@@ -72,7 +72,8 @@ class Supervisor:
                     process.join()
                     del self._workers[worker]
                     if self._stopping:
-                        failed = failed or process.exitcode != 0
+                        # -SIGTERM: the signal came before the worker could handle it, so it had not served yet.
+                        failed = failed or process.exitcode not in (0, -signal.SIGTERM)
                         continue
                     logger.warning("worker %d (pid %s) exited with %s; starting another", worker, process.pid, process.exitcode)
                     if time.monotonic() - started < _RESTART_PAUSE_S:
