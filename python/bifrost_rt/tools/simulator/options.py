@@ -63,6 +63,13 @@ class SimulatorOptions(BaseModel):
     """STUN server URLs (`stun:host:port`) for server-reflexive candidates. Empty: no server is contacted
     (aiortc would otherwise use a public STUN server)."""
 
+    gemini_binary_frames: bool = True
+    """Gemini Live messages go out as binary frames holding UTF-8 JSON, as the service sends them; False: text."""
+    gemini_go_away_after_turns: int | None = Field(None, ge=1)
+    """A Gemini Live connection sends `goAway` after this many turns and closes `gemini_go_away_ms` later."""
+    gemini_go_away_ms: int = Field(1000, ge=0, le=600_000)
+    """The `goAway.timeLeft` before the connection closes."""
+
     @field_validator("fault")
     @classmethod
     def _check_fault(cls, value: str | None) -> str | None:
