@@ -54,9 +54,14 @@ impl Resampler {
         let mut prototype = vec![0.0f64; length];
         for (k, tap) in prototype.iter_mut().enumerate() {
             let t = k as f64 - centre;
-            let sinc = if t == 0.0 { 1.0 } else { (PI * normalised * t).sin() / (PI * normalised * t) };
+            let sinc = if t == 0.0 {
+                1.0
+            } else {
+                (PI * normalised * t).sin() / (PI * normalised * t)
+            };
             let ratio = t / centre;
-            let window = bessel_i0(KAISER_BETA * (1.0 - ratio * ratio).max(0.0).sqrt()) / denominator;
+            let window =
+                bessel_i0(KAISER_BETA * (1.0 - ratio * ratio).max(0.0).sqrt()) / denominator;
             *tap = normalised * sinc * window;
         }
         // Each phase sums to one, so DC (and the passband) keeps unit gain after zero-stuffing.
@@ -92,7 +97,11 @@ impl Resampler {
             }
         }
         let mut pairs = bytes.chunks_exact(2);
-        buffer.extend(pairs.by_ref().map(|pair| i16::from_le_bytes([pair[0], pair[1]]) as f32));
+        buffer.extend(
+            pairs
+                .by_ref()
+                .map(|pair| i16::from_le_bytes([pair[0], pair[1]]) as f32),
+        );
         if let [last] = pairs.remainder() {
             self.odd_byte = Some(*last);
         }
@@ -163,7 +172,10 @@ fn sextet(byte: u8) -> Option<u32> {
 
 /// Standard or URL-safe base64, padding optional; anything else is refused with its position.
 pub fn decode_base64(encoded: &[u8]) -> Result<Vec<u8>, Base64Error> {
-    let body_len = encoded.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
+    let body_len = encoded
+        .iter()
+        .rposition(|&b| b != b'=')
+        .map_or(0, |i| i + 1);
     if encoded.len() - body_len > 2 || body_len % 4 == 1 {
         return Err(Base64Error { position: body_len });
     }
@@ -173,7 +185,10 @@ pub fn decode_base64(encoded: &[u8]) -> Result<Vec<u8>, Base64Error> {
     for (index, chunk) in chunks.by_ref().enumerate() {
         let mut value = 0u32;
         for (offset, &byte) in chunk.iter().enumerate() {
-            value = value << 6 | sextet(byte).ok_or(Base64Error { position: index * 4 + offset })?;
+            value = value << 6
+                | sextet(byte).ok_or(Base64Error {
+                    position: index * 4 + offset,
+                })?;
         }
         out.extend_from_slice(&[(value >> 16) as u8, (value >> 8) as u8, value as u8]);
     }
@@ -182,7 +197,10 @@ pub fn decode_base64(encoded: &[u8]) -> Result<Vec<u8>, Base64Error> {
         let start = body_len - rest.len();
         let mut value = 0u32;
         for (offset, &byte) in rest.iter().enumerate() {
-            value = value << 6 | sextet(byte).ok_or(Base64Error { position: start + offset })?;
+            value = value << 6
+                | sextet(byte).ok_or(Base64Error {
+                    position: start + offset,
+                })?;
         }
         value <<= 6 * (4 - rest.len()) as u32;
         out.push((value >> 16) as u8);
@@ -203,7 +221,12 @@ pub fn encode_base64(bytes: &[u8]) -> String {
     match *chunks.remainder() {
         [a] => {
             let value = (a as u32) << 16;
-            out.extend([ALPHABET[(value >> 18) as usize], ALPHABET[(value >> 12 & 63) as usize], b'=', b'=']);
+            out.extend([
+                ALPHABET[(value >> 18) as usize],
+                ALPHABET[(value >> 12 & 63) as usize],
+                b'=',
+                b'=',
+            ]);
         }
         [a, b] => {
             let value = (a as u32) << 16 | (b as u32) << 8;
@@ -226,12 +249,17 @@ mod tests {
 
     fn tone(hz: f64, samples: usize, amplitude: f64) -> Vec<u8> {
         (0..samples)
-            .flat_map(|n| ((amplitude * (2.0 * PI * hz * n as f64 / 24_000.0).sin()).round() as i16).to_le_bytes())
+            .flat_map(|n| {
+                ((amplitude * (2.0 * PI * hz * n as f64 / 24_000.0).sin()).round() as i16)
+                    .to_le_bytes()
+            })
             .collect()
     }
 
     fn samples(pcm: &[u8]) -> Vec<f64> {
-        pcm.chunks_exact(2).map(|p| i16::from_le_bytes([p[0], p[1]]) as f64).collect()
+        pcm.chunks_exact(2)
+            .map(|p| i16::from_le_bytes([p[0], p[1]]) as f64)
+            .collect()
     }
 
     fn rms(values: &[f64]) -> f64 {
@@ -299,8 +327,16 @@ mod tests {
     #[test]
     fn loud_input_clamps_instead_of_wrapping() {
         // A full-scale 100 Hz square: the low-passed edges overshoot, which must saturate.
-        let square: Vec<u8> =
-            (0..2_400).flat_map(|n| if (n / 120) % 2 == 0 { i16::MAX } else { i16::MIN }.to_le_bytes()).collect();
+        let square: Vec<u8> = (0..2_400)
+            .flat_map(|n| {
+                if (n / 120) % 2 == 0 {
+                    i16::MAX
+                } else {
+                    i16::MIN
+                }
+                .to_le_bytes()
+            })
+            .collect();
         let mut out = Vec::new();
         Resampler::new().process(&square, &mut out);
         let values = samples(&out);
@@ -308,7 +344,10 @@ mod tests {
         // Wrapping would flip the sign at every overshoot; clamping leaves one crossing per edge
         // (19 edges; the first outputs, still ringing around the zero history, are skipped).
         let settled = &values[40..];
-        let crossings = settled.windows(2).filter(|pair| (pair[0] < 0.0) != (pair[1] < 0.0)).count();
+        let crossings = settled
+            .windows(2)
+            .filter(|pair| (pair[0] < 0.0) != (pair[1] < 0.0))
+            .count();
         assert_eq!(crossings, 19);
     }
 
@@ -318,7 +357,11 @@ mod tests {
         for len in 0..data.len() {
             let encoded = encode_base64(&data[..len]);
             assert_eq!(decode_base64(encoded.as_bytes()).unwrap(), &data[..len]);
-            let url_safe = encoded.replace('+', "-").replace('/', "_").trim_end_matches('=').to_string();
+            let url_safe = encoded
+                .replace('+', "-")
+                .replace('/', "_")
+                .trim_end_matches('=')
+                .to_string();
             assert_eq!(decode_base64(url_safe.as_bytes()).unwrap(), &data[..len]);
         }
         assert_eq!(encode_base64(b"hi!?"), "aGkhPw==");
@@ -336,7 +379,9 @@ mod tests {
         let input = tone(1_000.0, 480, 5_000.0);
         let mut direct = Vec::new();
         Resampler::new().process(&input, &mut direct);
-        let encoded = Resampler::new().process_base64(encode_base64(&input).as_bytes()).unwrap();
+        let encoded = Resampler::new()
+            .process_base64(encode_base64(&input).as_bytes())
+            .unwrap();
         assert_eq!(decode_base64(encoded.as_bytes()).unwrap(), direct);
     }
 }
