@@ -66,12 +66,38 @@ class TeamPolicy(_Strict):
     max_sessions: int | None = Field(None, ge=1)
 
 
-class ProviderConfig(_Strict):
-    """An OpenAI-compatible realtime upstream."""
+GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
 
-    base_url: str = Field(description="HTTP(S) base URL, e.g. https://api.openai.com/v1; http→ws, https→wss")
+
+class GeminiConfig(_Strict):
+    """How a `kind: gemini` provider is reached: the Google AI API (key in `x-goog-api-key`) or Vertex AI (bearer)."""
+
+    api: Literal["google_ai", "vertex"] = "google_ai"
+    api_version: str = Field("v1beta", pattern=r"^v[0-9a-z]+$", description="in the BidiGenerateContent path")
+    buffer_bytes: int = Field(
+        4 * 1024 * 1024, ge=64 * 1024, description="client input held while the next upstream connection opens"
+    )
+    setup_timeout_s: float = Field(10.0, gt=0, description="wait for setupComplete on a reconnect")
+
+
+class ProviderConfig(_Strict):
+    """A realtime upstream: OpenAI-compatible (`kind: openai`) or Gemini Live (`kind: gemini`)."""
+
+    kind: Literal["openai", "gemini"] = "openai"
+    base_url: str = Field(
+        description="HTTP(S) base URL, e.g. https://api.openai.com/v1; http→ws, https→wss; "
+        f"for kind gemini it defaults to {GEMINI_BASE_URL} (Vertex: https://LOCATION-aiplatform.googleapis.com)"
+    )
     api_key: EnvSecret | None = None
     headers: dict[str, str] = Field(default_factory=dict, description="static headers sent upstream")
+    gemini: GeminiConfig = Field(default_factory=GeminiConfig, description="kind gemini only")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gemini_default_url(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("kind") == "gemini" and not value.get("base_url"):
+            return {**value, "base_url": GEMINI_BASE_URL}
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -85,6 +111,11 @@ class ProviderConfig(_Strict):
     def realtime_url(self) -> str:
         scheme, rest = self.base_url.split("://", 1)
         ws_scheme = {"http": "ws", "https": "wss"}.get(scheme, scheme)
+        if self.kind == "gemini":  # google-genai's live.py paths
+            version = self.gemini.api_version
+            if self.gemini.api == "vertex":
+                return f"{ws_scheme}://{rest}/ws/google.cloud.aiplatform.{version}.LlmBidiService/BidiGenerateContent"
+            return f"{ws_scheme}://{rest}/ws/google.ai.generativelanguage.{version}.GenerativeService.BidiGenerateContent"
         return f"{ws_scheme}://{rest}/realtime"
 
     def http_url(self, path: str) -> str:

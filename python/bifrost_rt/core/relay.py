@@ -141,11 +141,18 @@ class Relay:
         actions: list[Action] = []
         for event in events:
             request = self.session.on_client_frame(event)
-            upstream = tuple(ToUpstream(m) for m in self._upstream.outbound(event))
+            try:
+                upstream = tuple(ToUpstream(m) for m in self._upstream.outbound(event))
+            except Untranslatable as refused:
+                # The provider's side refuses it: the core sees the error as the provider's, so the refused
+                # request or item is forgotten, exactly as for an OpenAI server's error.
+                actions.extend(self._from_provider([*self._upstream.answers(), refused.error.event(_event_id(event))]))
+                continue
             if request is None:
                 actions.extend(upstream)
             else:
                 actions.append(Check(request, upstream))
+            actions.extend(self._from_provider(self._upstream.answers()))
         return tuple(actions)
 
     def checked(self, check: Check, decision: Decision) -> tuple[Action, ...]:
@@ -185,12 +192,16 @@ class Relay:
             events = self._upstream.inbound(message)
         except Untranslatable as refused:
             return (ToClient(self._for_client(refused.error.event())),)
+        return tuple(self._from_provider(events))
+
+    def _from_provider(self, events: list[str]) -> list[Action]:
+        """GA events in the provider's name, observed by the core and sent to the client in its dialect."""
         actions: list[Action] = []
         for event in events:
             note = self.session.on_server_frame(event)
             out = tuple(ToClient(m) for m in self._client.outbound(event))
             actions.extend(out if note is None else self._noted(out, note))
-        return tuple(actions)
+        return actions
 
     def _noted(self, out: tuple[Action, ...], note: StartedTurn | tuple[int, str]) -> tuple[Action, ...]:
         if isinstance(note, StartedTurn):
@@ -209,3 +220,12 @@ class Relay:
             return event
         translated = [m for m in self._client.outbound(event) if isinstance(m, str)]
         return translated[0] if translated else event
+
+
+def _event_id(event: str) -> str | None:
+    """The client's `event_id` of a GA event text, for the error that refuses it."""
+    try:
+        value = orjson.loads(event).get("event_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None

@@ -30,6 +30,10 @@ class Dialect(Protocol):
     def outbound(self, event: str) -> list[str | bytes]:
         """A GA event text as zero or more messages for this side's peer."""
 
+    def answers(self) -> list[str]:
+        """GA events this dialect answers in its peer's name, drained after each `outbound`: what an OpenAI server
+        confirms and this peer does not (a created item, a cleared buffer), observed by the core like the peer's."""
+
 
 class Identity:
     """OpenAI GA: nothing to translate."""
@@ -41,6 +45,9 @@ class Identity:
 
     def outbound(self, event: str) -> list[str | bytes]:
         return [event]
+
+    def answers(self) -> list[str]:
+        return []
 
 
 IDENTITY = Identity()

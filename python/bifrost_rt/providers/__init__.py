@@ -1,4 +1,4 @@
-"""Model → provider resolution and the upstream WebSocket request for an OpenAI-compatible provider."""
+"""Model → provider resolution and the upstream WebSocket request: OpenAI-compatible or Gemini Live."""
 
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ class Route:
 
     @property
     def dialect(self) -> str:
-        """What the provider speaks on its realtime socket: `openai` (GA events)."""
-        return "openai"
+        """What the provider speaks on its realtime socket: `openai` (GA events) or `gemini` (Gemini Live)."""
+        return self.provider.kind
 
     def upstream_url(self, query: Mapping[str, str]) -> str:
+        if self.provider.kind == "gemini":  # the model travels in `setup`; nothing of the client's query applies
+            return self.provider.realtime_url
         params: dict[str, str] = {}
         if self.upstream_model:
             params["model"] = self.upstream_model
@@ -41,6 +43,13 @@ class Route:
         headers = dict(self.provider.headers)
         if credential is None and self.provider.api_key is not None:
             credential = self.provider.api_key.get_secret_value()
+        if self.provider.kind == "gemini":
+            if credential is not None:
+                if self.provider.gemini.api == "vertex":
+                    headers["Authorization"] = "Bearer " + credential
+                else:
+                    headers["x-goog-api-key"] = credential
+            return headers
         if credential is not None:
             headers["Authorization"] = "Bearer " + credential
         for name in ("openai-organization", "openai-project", "openai-safety-identifier", "openai-beta"):
