@@ -131,3 +131,208 @@ async def test_openai_python_text_audio_and_tool_turns_against_gemini(gemini, st
     assert records[audio_events[-1].response.id].inputs[0]["kind"] == "audio"
     assert records[call_events[-1].response.id].output["tool_calls"][0]["name"] == "get_weather"
     assert records[answer_events[-1].response.id].inputs[0]["kind"] == "tool_output"
+
+
+def test_a_text_turn_costs_what_the_price_table_says_by_hand() -> None:
+    """6 text tokens in ("Be brief." and "Hello there", ceil(chars / 4) each), 6 out ("You said: Hello there")."""
+    from bifrost_rt.policy.pricing import PriceTable
+
+    prices = PriceTable().lookup(MODEL)
+    assert prices is not None
+    assert (prices.input_text, prices.input_audio, prices.output_text, prices.output_audio) == (TEXT_IN, AUDIO_IN, TEXT_OUT, AUDIO_OUT)
+    assert 6 * 0.50 / 1e6 + 6 * 2.00 / 1e6 == pytest.approx(15e-6)
+
+
+async def test_the_text_turn_record_is_priced_by_hand(gemini, start_gateway):
+    server, sink = gemini_gateway(start_gateway, gemini)
+    async with client_for(server).realtime.connect(model="gemini-live") as conn:
+        await conn.session.update(session={"type": "realtime", "output_modalities": ["text"], "instructions": "Be brief."})
+        await conn.conversation.item.create(item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello there"}]})
+        await conn.response.create()
+        await until_done(conn)
+    (record,) = sink.wait_for(1)
+    assert record.usage["input_text_tokens"] == 6 and record.usage["output_text_tokens"] == 6
+    assert record.cost["total"] == pytest.approx(15e-6, rel=1e-9)  # 6 × $0.50/M + 6 × $2.00/M
+
+
+class Walk:
+    """A raw client that validates every event against the GA union and keeps their types in order."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.types: list[str] = []
+
+    async def send(self, **event: Any) -> None:
+        await self.ws.send(json.dumps(event))
+
+    async def recv(self) -> dict[str, Any]:
+        event = json.loads(await asyncio.wait_for(self.ws.recv(), RECV_TIMEOUT_S))
+        SERVER_EVENT.validate_python(event)
+        self.types.append(event["type"])
+        return event
+
+    async def until(self, kind: str) -> list[dict[str, Any]]:
+        seen = [await self.recv()]
+        while seen[-1]["type"] != kind:
+            seen.append(await self.recv())
+        return seen
+
+
+async def walk(server: ServerThread) -> Any:
+    ws = await websockets.connect(f"{server.ws_url}/v1/realtime?model=gemini-live", additional_headers={"Authorization": f"Bearer {VIRTUAL_KEY}"})
+    return Walk(ws)
+
+
+AUDIO_RESPONSE_ORDER = [
+    "response.created", "response.output_item.added", "conversation.item.added", "response.content_part.added",
+    "response.output_audio.delta", "response.output_audio_transcript.delta",
+]
+AUDIO_RESPONSE_END = [
+    "response.output_audio.done", "response.output_audio_transcript.done", "response.content_part.done",
+    "response.output_item.done", "conversation.item.done", "response.done",
+]
+
+
+async def test_every_event_of_a_voice_session_validates_against_the_ga_union(gemini, start_gateway):
+    server, sink = gemini_gateway(start_gateway, gemini)
+    client = await walk(server)
+    try:
+        # Server VAD (the default), audio out, input transcription.
+        await client.send(type="session.update", session={"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+        await client.until("session.updated")
+        speech = tone_pcm16(600) + bytes(24 * 2 * 700)
+        for offset in range(0, len(speech), 4800):
+            await client.send(type="input_audio_buffer.append", audio=base64.b64encode(speech[offset : offset + 4800]).decode())
+        events = await client.until("response.done")
+        kinds = [e["type"] for e in events]
+        assert kinds[:3] == ["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped", "input_audio_buffer.committed"]
+        assert kinds.index("conversation.item.input_audio_transcription.delta") < kinds.index("response.created")
+        response_kinds = kinds[kinds.index("response.created") :]
+        assert [k for k in response_kinds if k in AUDIO_RESPONSE_ORDER][: len(AUDIO_RESPONSE_ORDER)] == AUDIO_RESPONSE_ORDER
+        assert kinds[-len(AUDIO_RESPONSE_END) :] == AUDIO_RESPONSE_END
+        done = events[-1]["response"]
+        assert done["status"] == "completed" and done["usage"]["output_token_details"]["audio_tokens"] > 0
+        user_item = next(e for e in events if e["type"] == "input_audio_buffer.committed")["item_id"]
+        transcript = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+        assert transcript["item_id"] == user_item and "milliseconds" in transcript["transcript"]
+        audio = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta")
+        assert len(audio) == 300 * 48  # Gemini's 24 kHz, unchanged
+
+        # What Gemini cannot do is refused by name, and the session goes on.
+        await client.send(type="session.update", event_id="evt_late", session={"type": "realtime", "instructions": "Now be verbose."})
+        refused = await client.until("error")
+        assert refused[-1]["error"]["param"] == "session.instructions" and refused[-1]["error"]["event_id"] == "evt_late"
+        await client.send(type="session.update", session={"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+        assert (await client.until("session.updated"))[-1]["session"]["audio"]["output"]["voice"] == "Puck"
+        await client.send(type="conversation.item.delete", item_id=user_item)
+        assert (await client.until("error"))[-1]["error"]["code"] == "unsupported_on_provider"
+        await client.send(type="conversation.item.retrieve", item_id=user_item)
+        retrieved = (await client.until("conversation.item.retrieved"))[-1]["item"]
+        assert retrieved["content"][0]["transcript"] == transcript["transcript"]
+        await client.send(type="response.create", response={"instructions": "other"})
+        assert (await client.until("error"))[-1]["error"]["param"] == "response.instructions"
+        await client.send(type="input_audio_buffer.append", audio="not base64!")
+        assert (await client.until("error"))[-1]["error"]["code"] == "invalid_value"
+
+    finally:
+        await client.ws.close()
+    (record,) = sink.wait_for(1)
+    assert record.status == "completed" and record.inputs[0]["kind"] == "audio"
+
+
+async def test_speech_over_an_answer_and_response_cancel_end_it_cancelled(start_gateway):
+    options = SimulatorOptions(pace=1, audio_delta_ms=50, response_audio_ms=4_000, api_keys=[GEMINI_KEY])
+    with ServerThread(create_simulator_app(options)) as paced:
+        server, sink = gemini_gateway(start_gateway, paced)
+        client = await walk(server)
+        try:
+            await client.send(type="conversation.item.create", item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "tell a story"}]})
+            await client.send(type="response.create")
+            await client.until("response.output_audio.delta")
+            await client.send(type="input_audio_buffer.append", audio=base64.b64encode(tone_pcm16(100)).decode())
+            events = await client.until("response.done")
+            kinds = [e["type"] for e in events]
+            assert kinds.index("input_audio_buffer.speech_started") < kinds.index("response.done")
+            status = events[-1]["response"]
+            assert status["status"] == "cancelled" and status["status_details"]["reason"] == "turn_detected"
+            item = next(e for e in events if e["type"] == "response.output_item.done")["item"]
+            assert item["status"] == "incomplete"
+            # Gemini cut it short itself, so truncating it is confirmed.
+            await client.send(type="conversation.item.truncate", item_id=item["id"], content_index=0, audio_end_ms=100)
+            assert (await client.until("conversation.item.truncated"))[-1]["item_id"] == item["id"]
+            # A cancelled response ends cancelled when Gemini completes its turn, with nothing more relayed.
+            await client.send(type="conversation.item.create", item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "talk"}]})
+            await client.send(type="response.create", response={"metadata": {"turn": "cancel-me"}})
+            created = await client.until("response.created")
+            assert created[-1]["response"]["metadata"] == {"turn": "cancel-me"}
+            await client.send(type="response.cancel")
+            ended = await client.until("response.done")
+            cancelled = ended[-1]["response"]
+            relayed = [e for e in ended if e["type"] == "response.output_audio.delta"]
+            assert len(relayed) < 4_000 // 50  # the rest of Gemini's turn was not relayed
+            assert cancelled["status"] == "cancelled" and cancelled["status_details"]["reason"] == "client_cancelled"
+            await client.send(type="response.cancel")
+            assert (await client.until("error"))[-1]["error"]["code"] == "response_cancel_not_active"
+        finally:
+            await client.ws.close()
+    interrupted, cancelled_record = sink.wait_for(2)
+    assert interrupted.status == "cancelled" and interrupted.status_reason == "turn_detected"
+    assert cancelled_record.status == "cancelled" and cancelled_record.status_reason == "client_cancelled"
+    assert cancelled_record.usage["output_audio_tokens"] > 0  # Gemini's whole turn, billed once
+
+
+async def test_openai_agents_runner_completes_text_audio_and_tool_turns(gemini, start_gateway):
+    from agents import function_tool
+    from agents.realtime import RealtimeAgent, RealtimeRunner
+
+    calls: list[str] = []
+
+    @function_tool
+    def get_weather(query: str) -> str:
+        """The weather for a query (the simulator's calls carry the user's words as `query`)."""
+        calls.append(query)
+        return "sunny"
+
+    server, sink = gemini_gateway(start_gateway, gemini)
+    runner = RealtimeRunner(
+        starting_agent=RealtimeAgent(name="Assistant", instructions="Be brief.", tools=[get_weather]),
+        config={"model_settings": {"model_name": "gemini-live", "voice": "Kore"}},
+    )
+    session = await runner.run(model_config={"url": f"{server.ws_url}/v1/realtime?model=gemini-live", "api_key": VIRTUAL_KEY})
+    errors: list[Any] = []
+
+    async def until_agent_end() -> list[Any]:
+        seen = []
+        async for event in session:
+            seen.append(event)
+            if event.type == "error":
+                errors.append(event)
+            if event.type == "raw_model_event" and event.data.type == "raw_server_event":
+                SERVER_EVENT.validate_python(event.data.data)
+            if event.type == "agent_end":
+                return seen
+        raise AssertionError("session ended")
+
+    async with session:
+        await session.send_message("hello agent")
+        text_turn = await asyncio.wait_for(until_agent_end(), 20)
+        assert any(e.type == "audio" for e in text_turn)
+        # The user speaks once the answer has played (300 ms of audio); speech over unplayed audio would ask
+        # for a truncation Gemini cannot make, which is refused (see test_speech_over_an_answer…).
+        await asyncio.sleep(0.5)
+        await session.send_audio(tone_pcm16(600) + bytes(24 * 2 * 700))
+        audio_turn = await asyncio.wait_for(until_agent_end(), 20)
+        assert any(e.type == "audio" for e in audio_turn)
+        await session.send_message("get_weather in Paris")
+        # The call's turn, the tool run (the runner may report it after that turn's end), then the answer.
+        tool_turns = await asyncio.wait_for(until_agent_end(), 20)
+        while not any(e.type == "tool_end" for e in tool_turns):
+            tool_turns += await asyncio.wait_for(until_agent_end(), 20)
+        answer_turn = tool_turns[[e.type for e in tool_turns].index("tool_end") :]
+        if not any(e.type == "agent_end" for e in answer_turn):
+            answer_turn += await asyncio.wait_for(until_agent_end(), 20)
+        assert any(e.type == "audio" for e in answer_turn)
+    assert [e.error for e in errors] == [] and calls == ["get_weather in Paris"]
+    records = sink.wait_for(4)
+    assert [r.status for r in records] == ["completed"] * 4
+    assert records[0].inputs[-1]["text"] == "hello agent" and records[0].metadata.get("voice", "Kore") == "Kore"

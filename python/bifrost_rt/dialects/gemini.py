@@ -267,6 +267,7 @@ class GeminiDialect:
         self._cancelled_calls: set[str] = set()
         self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._provider_truncated: set[str] = set()
+        self._audio_ms_of: OrderedDict[str, float] = OrderedDict()  # assistant item → ms of audio it carries
         self._last_item: str | None = None
         self._audio_ms = 0.0  # input audio appended on this session so far
         self._speech_from_ms: float | None = None  # start of input audio not yet in an item
@@ -416,7 +417,7 @@ class GeminiDialect:
             content = [{"type": "output_text" if role == "assistant" else "input_text", "text": p["text"]} for p in parts]
             stored = {"id": item_id, "object": "realtime.item", "type": "message", "role": role, "status": "completed", "content": content}
         elif kind == "function_call_output":
-            call_id = item.get("call_id")
+            call_id = str(item.get("call_id"))
             if call_id in self._cancelled_calls:
                 raise _refuse("The Gemini model cancelled this function call; its output is no longer awaited.", "item.call_id")
             name = self._calls.pop(call_id, None)
@@ -478,8 +479,11 @@ class GeminiDialect:
         raise _refuse("A Gemini model cannot forget a conversation item.", "item_id")
 
     def _item_truncate(self, message: dict[str, Any]) -> list[str | bytes]:
-        item_id = message.get("item_id")
-        if item_id not in self._provider_truncated:
+        item_id = str(message.get("item_id"))
+        end_ms = message.get("audio_end_ms")
+        whole = isinstance(end_ms, int) and item_id in self._audio_ms_of and end_ms >= int(self._audio_ms_of[item_id])
+        # Nothing to cut (all of it was played), or Gemini cut it itself: confirmed. Cutting more is not possible.
+        if item_id not in self._provider_truncated and not whole:
             raise _refuse("A Gemini model cannot truncate an item it did not cut short itself.", "item_id")
         self._answer("conversation.item.truncated", item_id=item_id, content_index=message.get("content_index", 0),
                      audio_end_ms=message.get("audio_end_ms", 0))
@@ -576,7 +580,11 @@ class GeminiDialect:
             out = self._open_message(audio=True)
             response = self._response
             assert response is not None and response.message is not None
-            return out + [self._event("response.output_audio.delta", response_id=response.id, item_id=response.message["id"],
+            item_id = response.message["id"]
+            self._audio_ms_of[item_id] = self._audio_ms_of.get(item_id, 0.0) + len(inline["data"]) * 3 / 4 / 48
+            if len(self._audio_ms_of) > RETAINED_ITEMS:
+                self._audio_ms_of.popitem(last=False)
+            return out + [self._event("response.output_audio.delta", response_id=response.id, item_id=item_id,
                                       output_index=len(response.output), content_index=0, delta=inline["data"])]
         text = part.get("text")
         if isinstance(text, str) and text and not part.get("thought"):
