@@ -138,6 +138,9 @@ class Relay:
             events = self._client.inbound(message)
         except Untranslatable as refused:
             return (Reply(self._for_client(refused.error.event())),)
+        if self._upstream.identity and len(events) == 1 and events[0] is message:  # nothing to translate after all
+            request = self.session.on_client_frame(message)
+            return FORWARD if request is None else (Check(request, (ToUpstream(message),)),)
         actions: list[Action] = []
         for event in events:
             request = self.session.on_client_frame(event)
@@ -192,16 +195,20 @@ class Relay:
             events = self._upstream.inbound(message)
         except Untranslatable as refused:
             return (ToClient(self._for_client(refused.error.event())),)
-        return tuple(self._from_provider(events))
+        return self._from_provider(events, message)
 
-    def _from_provider(self, events: list[str]) -> list[Action]:
-        """GA events in the provider's name, observed by the core and sent to the client in its dialect."""
+    def _from_provider(self, events: list[str], message: str | bytes | None = None) -> tuple[Action, ...]:
+        """GA events in the provider's name (`message`: the provider's own, when it is one of them), observed by the
+        core and sent to the client in its dialect."""
         actions: list[Action] = []
         for event in events:
             note = self.session.on_server_frame(event)
-            out = tuple(ToClient(m) for m in self._client.outbound(event))
+            translated = self._client.outbound(event)
+            if translated and translated[0] is message and len(events) == len(translated) == 1:  # unchanged after all
+                return FORWARD if note is None else self._noted((ToClient(message),), note)
+            out = tuple(ToClient(m) for m in translated)
             actions.extend(out if note is None else self._noted(out, note))
-        return actions
+        return tuple(actions)
 
     def _noted(self, out: tuple[Action, ...], note: StartedTurn | tuple[int, str]) -> tuple[Action, ...]:
         if isinstance(note, StartedTurn):

@@ -75,13 +75,15 @@ class CallRelay:
 
     # --- POST /v1/realtime/calls ---
 
-    def endpoint(self, prefix: str, path_provider: str | None) -> Any:
+    def endpoint(self, prefix: str, path_provider: str | None, *, legacy: bool = False) -> Any:
+        """`legacy`: the retired `POST /v1/realtime` form, whose clients speak beta events on the data channel."""
+
         async def create(request: Request) -> Response:
-            return await self.create(request, prefix, path_provider)
+            return await self.create(request, prefix, path_provider, legacy)
 
         return create
 
-    async def create(self, request: Request, prefix: str, path_provider: str | None) -> Response:
+    async def create(self, request: Request, prefix: str, path_provider: str | None, legacy: bool = False) -> Response:
         gateway = self.gateway
         if gateway.registry.draining:
             return _refusal_response(errors.shutting_down())
@@ -111,7 +113,7 @@ class CallRelay:
                 gateway.registry.refuse(refused.code)
                 return _refusal_response(errors.governance_refusal(refused.type, refused.code, refused.message))
             admitted = True
-            call = self._new_call(admission, session_id, headers)
+            call = self._new_call(admission, session_id, headers, legacy)
             try:
                 answer = await self._negotiate(call, offer, session_config, admission, headers)
             except BaseException as failure:
@@ -144,7 +146,7 @@ class CallRelay:
             return RealtimeError("rate_limit_exceeded", "call_limit_reached", f"This key already has {per_key} open call(s).")
         return None
 
-    def _new_call(self, admission: Admission, session_id: str, headers: dict[str, str]) -> Call:
+    def _new_call(self, admission: Admission, session_id: str, headers: dict[str, str], legacy: bool) -> Call:
         gateway = self.gateway
         session = gateway.new_session(
             principal=admission.principal,
@@ -157,7 +159,7 @@ class CallRelay:
             session,
             gateway.hooks,
             max_message_bytes=gateway.config.realtime.max_frame_bytes,
-            client_dialect=dialects.for_client(headers, ()),
+            client_dialect=dialects.for_client(headers, (), legacy=legacy),
             upstream_dialect=dialects.for_provider(admission.route),
         )
         from bifrost_rt.wire.webrtc import Call

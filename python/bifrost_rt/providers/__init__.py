@@ -21,7 +21,8 @@ class Route:
 
     @property
     def dialect(self) -> str:
-        """What the provider speaks on its realtime socket: `openai` (GA events) or `gemini` (Gemini Live)."""
+        """What the provider speaks on its realtime socket: `openai` (GA events), `openai-beta` (the retired beta
+        shape) or `gemini` (Gemini Live)."""
         return self.provider.kind
 
     def upstream_url(self, query: Mapping[str, str]) -> str:
@@ -52,7 +53,8 @@ class Route:
             return headers
         if credential is not None:
             headers["Authorization"] = "Bearer " + credential
-        for name in ("openai-organization", "openai-project", "openai-safety-identifier", "openai-beta"):
+        # `OpenAI-Beta` is never passed on: the client's dialect is translated, not forwarded.
+        for name in ("openai-organization", "openai-project", "openai-safety-identifier"):
             value = client_headers.get(name)
             if value:
                 headers[name] = value
@@ -62,8 +64,6 @@ class Route:
                 headers["openai-organization"] = protocol.split(".", 1)[1]
             elif protocol.startswith("openai-project."):
                 headers["openai-project"] = protocol.split(".", 1)[1]
-            elif protocol == "openai-beta.realtime-v1":
-                headers["openai-beta"] = "realtime=v1"
         return headers
 
 

@@ -104,10 +104,11 @@ def create_app(
     # Each realtime route also lives under /openai/v1 and /openai, where the provider defaults to `openai`.
     for prefix, path_provider in (("/v1", None), ("/openai/v1", "openai"), ("/openai", "openai")):
         place_call = checked(calls.endpoint(prefix, path_provider), gateway.registry.refuse)
+        place_legacy_call = checked(calls.endpoint(prefix, path_provider, legacy=True), gateway.registry.refuse)
         routes += [
             WebSocketRoute(f"{prefix}/realtime", RealtimeWebSocketEndpoint(gateway, path_provider, calls)),
             Route(f"{prefix}/realtime/calls", place_call, methods=["POST"]),
-            Route(f"{prefix}/realtime", place_call, methods=["POST"]),  # legacy WebRTC
+            Route(f"{prefix}/realtime", place_legacy_call, methods=["POST"]),  # legacy (beta) WebRTC
             Route(f"{prefix}/realtime/calls/{{call_id}}/hangup", checked(calls.hangup), methods=["POST"]),
             Route(f"{prefix}/realtime/client_secrets", checked(ClientSecretEndpoint(gateway, legacy=False, path_provider=path_provider).handle), methods=["POST"]),
             Route(f"{prefix}/realtime/sessions", checked(ClientSecretEndpoint(gateway, legacy=True, path_provider=path_provider).handle), methods=["POST"]),

@@ -80,8 +80,9 @@ def summarize(targets: list[str], runs: list[dict[str, Any]], latencies: dict[st
     return summary
 
 
-# The gateway as shipped (turn accounting, log lines) and with governance and the SQLite turn log on.
-RELAYS = ("gateway", "governed")
+# The gateway as shipped (turn accounting, log lines), with governance and the SQLite turn log on, and serving
+# beta-protocol clients (every event translated between beta and GA).
+RELAYS = ("gateway", "governed", "beta")
 
 
 def _ratios(runs: list[dict[str, Any]], medians: dict[str, dict[str, float]], relay: str) -> dict[str, Any]:

@@ -34,8 +34,8 @@ from bifrost_rt.tools.bench.load import Counts, Meter, Target
 from bifrost_rt.tools.bench.procs import BenchError, Child, Children, can_pin, free_port, python_module
 
 RELAY_CPU, LOAD_CPU = 1, 0
-TARGETS = ("direct", "floor", "gateway", "governed")
-DEFAULT_TARGETS = ("direct", "floor", "gateway")
+TARGETS = ("direct", "floor", "gateway", "governed", "beta")
+DEFAULT_TARGETS = ("direct", "floor", "gateway", "beta")
 MODEL = "gpt-realtime"
 SIM_KEY, GATEWAY_KEY = "sk-sim", "sk-bf-bench"
 SETTLE_S = 0.2  # lets the relay finish closing sockets before its CPU time is read
@@ -56,7 +56,8 @@ virtual_keys:
 {turn_log}
 """
 # `gateway`: turn accounting with one log line per turn. `governed`: the same plus a budget, rate limits and a
-# session cap on the key (in memory, or on Redis with --redis-url) and the durable SQLite turn log.
+# session cap on the key (in memory, or on Redis with --redis-url) and the durable SQLite turn log. `beta`: the
+# gateway as shipped, its clients on the beta protocol, so every event is translated to GA and back.
 PLAIN_TURN_LOG = "  store: none"
 GOVERNED_POLICY = """\
     budget: {{usd: 1000000, period: month}}
@@ -107,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     full = Params()
     parser.add_argument("--redis-url", help="Redis for the governed target's counters (default: in memory)")
     parser.add_argument("--targets", default=None,
-                        help="comma-separated subset of direct,floor,gateway,governed (default: direct,floor,gateway; "
+                        help="comma-separated subset of direct,floor,gateway,governed,beta (default: direct,floor,gateway,beta; "
                              "with --webrtc: direct,gateway)")
     for f in fields(Params):
         kind = float if f.type == "float" else int
@@ -267,12 +268,12 @@ def _start_stack(children: Children, workdir: Path, names: list[str], label: str
         floor = children.start(f"floor-{label}", python_module(
             "bifrost_rt.tools.bench.floor", "--port", port, "--upstream", upstream, "--api-key", SIM_KEY), port, RELAY_CPU)
         stack["floor"] = (Target("floor", _url(port), SIM_KEY), floor)
-    for relay in ("gateway", "governed"):
+    for relay in ("gateway", "governed", "beta"):
         if relay not in names:
             continue
         port = free_port()
         config = workdir / f"{relay}-{label}.yaml"
-        if relay == "gateway":
+        if relay in ("gateway", "beta"):
             policy, turn_log = "", PLAIN_TURN_LOG
         else:
             store = f"store:\n  redis_url: {redis_url}\n" if redis_url else ""
@@ -280,7 +281,7 @@ def _start_stack(children: Children, workdir: Path, names: list[str], label: str
         config.write_text(GATEWAY_CONFIG.format(sim_port=sim_port, sim_key=SIM_KEY, gateway_key=GATEWAY_KEY, policy=policy, turn_log=turn_log))
         gateway = children.start(f"{relay}-{label}", python_module(
             "bifrost_rt.cli", "serve", "--config", config, "--host", "127.0.0.1", "--port", port), port, RELAY_CPU)
-        stack[relay] = (Target(relay, _url(port), GATEWAY_KEY), gateway)
+        stack[relay] = (Target(relay, _url(port), GATEWAY_KEY, beta=relay == "beta"), gateway)
     return stack
 
 
