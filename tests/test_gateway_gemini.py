@@ -219,9 +219,10 @@ async def test_every_event_of_a_voice_session_validates_against_the_ga_union(gem
         assert len(audio) == 300 * 48  # Gemini's 24 kHz, unchanged
 
         # What Gemini cannot do is refused by name, and the session goes on.
-        await client.send(type="session.update", event_id="evt_late", session={"type": "realtime", "instructions": "Now be verbose."})
+        noise = {"type": "realtime", "audio": {"input": {"noise_reduction": {"type": "near_field"}}}}
+        await client.send(type="session.update", event_id="evt_noise", session=noise)
         refused = await client.until("error")
-        assert refused[-1]["error"]["param"] == "session.instructions" and refused[-1]["error"]["event_id"] == "evt_late"
+        assert refused[-1]["error"]["param"] == "session.audio.input.noise_reduction" and refused[-1]["error"]["event_id"] == "evt_noise"
         await client.send(type="session.update", session={"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}})
         assert (await client.until("session.updated"))[-1]["session"]["audio"]["output"]["voice"] == "Puck"
         await client.send(type="conversation.item.delete", item_id=user_item)
@@ -336,3 +337,47 @@ async def test_openai_agents_runner_completes_text_audio_and_tool_turns(gemini, 
     records = sink.wait_for(4)
     assert [r.status for r in records] == ["completed"] * 4
     assert records[0].inputs[-1]["text"] == "hello agent" and records[0].metadata.get("voice", "Kore") == "Kore"
+
+
+async def test_the_session_outlives_gemini_ending_its_connections(start_gateway):
+    # Every connection says goAway after one turn and closes 3 s later; the client notices nothing.
+    options = SimulatorOptions(pace=0, api_keys=[GEMINI_KEY], gemini_go_away_after_turns=1, gemini_go_away_ms=3000)
+    with ServerThread(create_simulator_app(options)) as leaving:
+        server, sink = gemini_gateway(start_gateway, leaving)
+        dones, kinds = [], []
+        async with client_for(server).realtime.connect(model="gemini-live") as conn:
+            await conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+            for words in ("first", "second", "third"):
+                # Sent at once after the previous turn: it may arrive during the switch, and waits for it.
+                await conn.conversation.item.create(item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": words}]})
+                await conn.response.create()
+                events = await until_done(conn)
+                kinds += [e.type for e in events]
+                assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == f"You said: {words}"
+                dones.append(events[-1].response)
+    assert kinds.count("session.created") == 1 and "error" not in kinds
+    records = sink.wait_for(3)
+    assert [r.metadata.get("upstream_connection") for r in records] == [None, 2, 3]
+    # The resumed connection has the conversation: each prompt is the previous context plus the new words.
+    first, second, _ = (d.usage for d in dones)
+    assert second.input_tokens == first.input_tokens + first.output_tokens + 2  # "second": ceil(6 / 4)
+
+
+async def test_a_config_change_after_a_turn_takes_effect_on_the_next_connection(gemini, start_gateway):
+    server, sink = gemini_gateway(start_gateway, gemini)
+    async with client_for(server).realtime.connect(model="gemini-live") as conn:
+        await conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+        await conn.conversation.item.create(item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "one"}]})
+        await conn.response.create()
+        first = (await until_done(conn))[-1].response.usage
+        await conn.session.update(session={"type": "realtime", "instructions": "Twelve characters."})
+        async for event in conn:
+            if event.type in ("session.updated", "error"):
+                break
+        assert event.type == "session.updated" and event.session.instructions == "Twelve characters."
+        await conn.conversation.item.create(item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "two"}]})
+        await conn.response.create()
+        second = (await until_done(conn))[-1].response.usage
+    # The new system instruction (18 characters: 5 tokens) is in the resumed prompt with the history.
+    assert second.input_tokens == 5 + first.input_tokens + first.output_tokens + 1
+    assert [r.metadata.get("upstream_connection") for r in sink.wait_for(2)] == [None, 2]

@@ -20,7 +20,7 @@ from bifrost_rt import errors
 from bifrost_rt.core import ending as endings
 from bifrost_rt.core.ending import Ending
 from bifrost_rt.core.session import RealtimeSession, StartedTurn
-from bifrost_rt.dialects.seam import IDENTITY, Dialect, Untranslatable
+from bifrost_rt.dialects.seam import IDENTITY, Dialect, Reconnecting, Untranslatable
 from bifrost_rt.errors import RealtimeError
 from bifrost_rt.policy.hooks import Decision, HookPipeline, TurnRequest
 
@@ -57,7 +57,15 @@ class End:
     ending: Ending
 
 
-Action = ToUpstream | ToClient | Reply | Check | End
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """Open the provider's next connection and send `opening` on it; its first message goes to `reconnected`, and the
+    client's messages wait (bounded) until then. Only ever between turns, so no output is lost or repeated."""
+
+    opening: tuple[str | bytes, ...]
+
+
+Action = ToUpstream | ToClient | Reply | Check | End | Reconnect
 
 
 class _Forward(tuple):
@@ -86,6 +94,7 @@ class Relay:
         self._client = client_dialect
         self._upstream = upstream_dialect
         self._identity = client_dialect.identity and upstream_dialect.identity
+        self._reconnecting = upstream_dialect if isinstance(upstream_dialect, Reconnecting) else None
         self.ending: Ending | None = None
         self._started = False
         self.messages_up = 0
@@ -156,7 +165,7 @@ class Relay:
             else:
                 actions.append(Check(request, upstream))
             actions.extend(self._from_provider(self._upstream.answers()))
-        return tuple(actions)
+        return self._with_reconnect(tuple(actions))
 
     def checked(self, check: Check, decision: Decision) -> tuple[Action, ...]:
         """What follows the plugins' decision on `check`."""
@@ -195,7 +204,28 @@ class Relay:
             events = self._upstream.inbound(message)
         except Untranslatable as refused:
             return (ToClient(self._for_client(refused.error.event())),)
-        return self._from_provider(events, message)
+        return self._with_reconnect(self._from_provider(events, message))
+
+    def _with_reconnect(self, actions: tuple[Action, ...]) -> tuple[Action, ...]:
+        """`actions`, then the provider's next connection if its dialect says one is due now."""
+        if self._reconnecting is None:
+            return actions
+        due = self._reconnecting.reconnect_due()
+        if due is None:
+            return actions
+        if isinstance(due, RealtimeError):
+            return (*actions, End(endings.reconnect_failed(due)))
+        return (*actions, Reconnect(tuple(due)))
+
+    def reconnected(self, message: str | bytes) -> tuple[Action, ...]:
+        """The next connection's first message (its `setupComplete`): the session goes on there."""
+        self.session.note_reconnect()
+        return self.from_server(message)
+
+    def reconnect_failed(self, reason: str) -> Ending:
+        if self._reconnecting is not None:
+            self._reconnecting.reconnect_failed()
+        return endings.reconnect_failed(errors.upstream_not_resumable(reason))
 
     def _from_provider(self, events: list[str], message: str | bytes | None = None) -> tuple[Action, ...]:
         """GA events in the provider's name (`message`: the provider's own, when it is one of them), observed by the

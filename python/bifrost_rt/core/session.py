@@ -114,6 +114,7 @@ class RealtimeSession:
         self._voice: str | None = None
         self._tools: list[dict[str, Any]] = []
         self._transcription_model: str | None = None
+        self._upstream_connection = 1  # which provider connection of the session serves its turns now
         self._session_type = "realtime"
         self.closed = False
         self._server_handlers: dict[str, Callable[[str, Any], Any]] = {
@@ -138,6 +139,10 @@ class RealtimeSession:
     @property
     def open_turns(self) -> int:
         return len(self._turns)
+
+    def note_reconnect(self) -> None:
+        """The provider's next connection now serves the session (between turns)."""
+        self._upstream_connection += 1
 
     def is_open(self, response_id: str) -> bool:
         return response_id in self._turns
@@ -361,6 +366,8 @@ class RealtimeSession:
             inputs=inputs,
             raw_response=raw_response,
         )
+        if self._upstream_connection > 1:  # the session outlived a provider reconnect: its turns say on which connection
+            record.metadata["upstream_connection"] = self._upstream_connection
         self._writer.submit(record)
         self._hooks.turn_finished(record)
         if self._on_turn is not None:

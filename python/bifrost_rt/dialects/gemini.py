@@ -10,7 +10,12 @@ connection. The gateway therefore sends `setup` with the client's first message:
 `setup` (merged over the defaults), any other first message is preceded by the default `setup`. `setupComplete`
 becomes `session.created` (and `session.updated` when a `session.update` asked for it) with the effective GA
 session. A `session.update` after that which changes nothing Gemini was told is answered `session.updated`; one that
-changes the setup is refused with an error naming the fields (a changed setup needs a new connection).
+changes the setup is applied on the next connection (resumed with the latest handle, between turns) and answered
+`session.updated` once that connection's `setupComplete` arrives; without a handle after a turn it is refused
+with an error naming the fields.
+
+Connections end: after `goAway` the next connection opens at the first moment no response is open, resumed with
+the latest `sessionResumptionUpdate` handle (the relay's `Reconnect`), and the client sees nothing of it.
 
 Usage: Gemini Live reports `usageMetadata` per turn (each turn's prompt is the whole context again), possibly on
 several messages of one turn, each the turn so far; the last one before the GA response ends is its usage, so every
@@ -32,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from bifrost_rt import _native
+from bifrost_rt import _native, errors
 from bifrost_rt.dialects.seam import Untranslatable
 from bifrost_rt.errors import RealtimeError
 
@@ -258,7 +263,6 @@ class GeminiDialect:
         self.session = default_session(requested_model or upstream_model)
         self.setup_sent = False
         self._announce_update = False
-        self._set_up = False  # setupComplete received
         self._answers: list[str] = []
         self._resampler = _native.Resampler24To16()
         self._texts: list[dict[str, Any]] = []  # text turns for the next clientContent
@@ -281,6 +285,8 @@ class GeminiDialect:
         self.resumption_handle: str | None = None
         self.go_away: str | None = None  # `goAway.timeLeft` once Gemini announced the end of the connection
         self.turns = 0
+        self._changed_setup = False  # a session.update waits for the next connection
+        self._reopening = False  # the next connection's setupComplete is still to come
 
     # ---- helpers -------------------------------------------------------------------------------
 
@@ -348,11 +354,29 @@ class GeminiDialect:
             self._announce_update = True
             return self._setup()
         changed = [name for name in _SETUP_FIELDS if merged.get(name) != self.session.get(name)]
-        if changed:
+        if changed and self.turns and self.resumption_handle is None:
             fields = ", ".join(f"session.{name}" for name in changed)
-            raise _refuse(f"A Gemini session's configuration is fixed once it started; cannot change {fields}.", f"session.{changed[0]}")
-        self._answer("session.updated", session=self.session)
+            raise _refuse(f"This Gemini session cannot be resumed, so its configuration cannot change ({fields}).", f"session.{changed[0]}")
+        self.session = merged
+        if changed:  # Gemini takes a configuration only as a connection opens: the next one, between turns
+            self._changed_setup = True
+        else:
+            self._answer("session.updated", session=self.session)
         return []
+
+    # ---- the next connection (Reconnecting) --------------------------------------------------------
+
+    def reconnect_due(self) -> list[str | bytes] | RealtimeError | None:
+        if self._reopening or not (self.go_away or self._changed_setup) or self._response is not None:
+            return None
+        if self.turns and self.resumption_handle is None:
+            return errors.upstream_not_resumable("Gemini gave no resumption handle")
+        self._reopening = True
+        self.setup_sent = True
+        return [orjson.dumps(setup_message(self.session, self.upstream_model, self.resumption_handle)).decode()]
+
+    def reconnect_failed(self) -> None:
+        self._reopening = False
 
     def _append(self, message: dict[str, Any]) -> list[str | bytes]:
         audio = message.get("audio")
@@ -495,10 +519,15 @@ class GeminiDialect:
         server = self._json(message)
         out: list[str] = []
         if "setupComplete" in server:
-            self._set_up = True
-            out.append(self._event("session.created", session=self.session))
-            if self._announce_update:
-                out.append(self._event("session.updated", session=self.session))
+            if self._reopening:  # the same session on the next connection: the client hears of it only if it asked
+                self._reopening, self.go_away = False, None
+                if self._changed_setup:
+                    out.append(self._event("session.updated", session=self.session))
+                self._changed_setup = False
+            else:
+                out.append(self._event("session.created", session=self.session))
+                if self._announce_update:
+                    out.append(self._event("session.updated", session=self.session))
         if "usageMetadata" in server:
             self._usage = server["usageMetadata"]  # the turn so far: the latest replaces, never adds
         content = _dict(server.get("serverContent"))

@@ -17,7 +17,7 @@ from bifrost_rt.http.handshake import baggage_session_id, scope_headers, scope_q
 from bifrost_rt.http.services import Services
 from bifrost_rt.policy.auth import Principal, presented_credential
 from bifrost_rt.providers import Route
-from bifrost_rt.wire.websocket import UpstreamRefused, WebSocketRelay, connect_upstream
+from bifrost_rt.wire.websocket import Renewal, UpstreamRefused, WebSocketRelay, connect_upstream
 
 Scope = dict[str, Any]
 
@@ -89,7 +89,15 @@ class RealtimeWebSocketEndpoint:
                 client_dialect=dialects.for_client(headers, subprotocols),
                 upstream_dialect=dialects.for_provider(route),
             )
-            await WebSocketRelay(relay, upstream, receive, send, scope, gateway.registry, limits.close_timeout_s).run()
+            renewal = None
+            if route.dialect == "gemini":  # Gemini ends connections; the session goes on over the next one
+                url, upstream_headers = route.upstream_url(query), route.upstream_headers(headers, subprotocols, upstream_credential)
+                renewal = Renewal(
+                    lambda: connect_upstream(url, upstream_headers, limits, route.provider_name),
+                    route.provider.gemini.buffer_bytes,
+                    route.provider.gemini.setup_timeout_s,
+                )
+            await WebSocketRelay(relay, upstream, receive, send, scope, gateway.registry, limits.close_timeout_s, renewal).run()
         finally:
             await gateway.governance.release(principal.key_id, session_id)
 
