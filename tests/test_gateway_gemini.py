@@ -46,12 +46,13 @@ def gemini() -> Iterator[ServerThread]:
         yield server
 
 
-def gemini_gateway(start_gateway: GatewayFactory, gemini: ServerThread, **overrides: Any) -> Any:
-    provider = {"kind": "gemini", "base_url": gemini.url, "api_key": GEMINI_KEY, **overrides}
+def gemini_gateway(start_gateway: GatewayFactory, gemini: ServerThread, **sections: Any) -> Any:
+    provider = {"kind": "gemini", "base_url": gemini.url, "api_key": GEMINI_KEY}
     return start_gateway(
         f"{gemini.url}/v1",
         providers={"gemini": provider},
         models={"gemini-live": {"provider": "gemini", "model": MODEL}},
+        **sections,
     )
 
 
@@ -381,3 +382,17 @@ async def test_a_config_change_after_a_turn_takes_effect_on_the_next_connection(
     # The new system instruction (18 characters: 5 tokens) is in the resumed prompt with the history.
     assert second.input_tokens == 5 + first.input_tokens + first.output_tokens + 1
     assert [r.metadata.get("upstream_connection") for r in sink.wait_for(2)] == [None, 2]
+
+
+def test_webrtc_calls_and_client_secrets_for_a_gemini_model_are_refused_by_name(gemini, start_gateway):
+    import httpx
+
+    server, _ = gemini_gateway(start_gateway, gemini, client_secrets={"secret": "s" * 32})
+    auth = {"Authorization": f"Bearer {VIRTUAL_KEY}"}
+    offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:111 opus/48000/2\r\n"
+    call = httpx.post(f"{server.url}/v1/realtime/calls?model=gemini-live", content=offer, headers={**auth, "Content-Type": "application/sdp"})
+    assert call.status_code == 400
+    error = call.json()["error"]
+    assert error["code"] == "webrtc_not_supported_for_model" and "Gemini Live" in error["message"] and error["param"] == "model"
+    secret = httpx.post(f"{server.url}/v1/realtime/client_secrets", json={"session": {"type": "realtime", "model": "gemini-live"}}, headers=auth)
+    assert secret.status_code == 400 and secret.json()["error"]["code"] == "client_secrets_not_supported_for_model"
