@@ -396,3 +396,24 @@ def test_webrtc_calls_and_client_secrets_for_a_gemini_model_are_refused_by_name(
     assert error["code"] == "webrtc_not_supported_for_model" and "Gemini Live" in error["message"] and error["param"] == "model"
     secret = httpx.post(f"{server.url}/v1/realtime/client_secrets", json={"session": {"type": "realtime", "model": "gemini-live"}}, headers=auth)
     assert secret.status_code == 400 and secret.json()["error"]["code"] == "client_secrets_not_supported_for_model"
+
+
+async def test_a_client_that_waits_for_session_created_gets_it_and_may_still_configure(gemini, start_gateway):
+    server, sink = gemini_gateway(start_gateway, gemini)
+    client = await walk(server)
+    try:
+        created = await client.recv()  # sent nothing: the default setup went after gemini.setup_wait_ms
+        assert created["type"] == "session.created" and created["session"]["output_modalities"] == ["audio"]
+        await client.send(type="session.update", session={"type": "realtime", "output_modalities": ["text"], "instructions": "Be brief."})
+        updated = await client.until("session.updated")
+        assert updated[-1]["session"]["output_modalities"] == ["text"]
+        await client.send(type="conversation.item.create", item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello there"}]})
+        await client.send(type="response.create")
+        events = await client.until("response.done")
+        assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == "You said: Hello there"
+        assert events[-1]["response"]["usage"]["input_tokens"] == 6  # the new instructions were set up
+        assert client.types.count("session.created") == 1
+    finally:
+        await client.ws.close()
+    (record,) = sink.wait_for(1)
+    assert record.metadata["upstream_connection"] == 2

@@ -78,6 +78,9 @@ class GeminiConfig(_Strict):
         4 * 1024 * 1024, ge=64 * 1024, description="client input held while the next upstream connection opens"
     )
     setup_timeout_s: float = Field(10.0, gt=0, description="wait for setupComplete on a reconnect")
+    setup_wait_ms: int = Field(
+        500, ge=0, le=60_000, description="a client silent this long after connecting gets the default setup (session.created)"
+    )
 
 
 class ProviderConfig(_Strict):

@@ -217,6 +217,12 @@ class Relay:
             return (*actions, End(endings.reconnect_failed(due)))
         return (*actions, Reconnect(tuple(due)))
 
+    def opening(self) -> tuple[Action, ...]:
+        """For a provider that waits for its configuration: what it is sent if the client has said nothing yet."""
+        if self._reconnecting is None or self.ending is not None:
+            return ()
+        return tuple(ToUpstream(m) for m in self._reconnecting.opening())
+
     def reconnected(self, message: str | bytes) -> tuple[Action, ...]:
         """The next connection's first message (its `setupComplete`): the session goes on there."""
         self.session.note_reconnect()

@@ -7,7 +7,9 @@ synthesizes every id (`event_`, `resp_`, `item_`, `call_`) and the created/added
 
 The first `setup`: Gemini takes its whole configuration once, before anything else, and never again on that
 connection. The gateway therefore sends `setup` with the client's first message: a `session.update` becomes the
-`setup` (merged over the defaults), any other first message is preceded by the default `setup`. `setupComplete`
+`setup` (merged over the defaults), any other first message is preceded by the default `setup`. A client that
+waits for `session.created` before it says anything gets the default `setup` after `gemini.setup_wait_ms` (the
+transport asks for `opening()`); its later `session.update` then opens the next connection with the new setup. `setupComplete`
 becomes `session.created` (and `session.updated` when a `session.update` asked for it) with the effective GA
 session. A `session.update` after that which changes nothing Gemini was told is answered `session.updated`; one that
 changes the setup is applied on the next connection (resumed with the latest handle, between turns) and answered
@@ -287,6 +289,7 @@ class GeminiDialect:
         self.turns = 0
         self._changed_setup = False  # a session.update waits for the next connection
         self._reopening = False  # the next connection's setupComplete is still to come
+        self._created = False  # session.created sent
 
     # ---- helpers -------------------------------------------------------------------------------
 
@@ -377,6 +380,9 @@ class GeminiDialect:
 
     def reconnect_failed(self) -> None:
         self._reopening = False
+
+    def opening(self) -> list[str | bytes]:
+        return self._setup()
 
     def _append(self, message: dict[str, Any]) -> list[str | bytes]:
         audio = message.get("audio")
@@ -519,15 +525,19 @@ class GeminiDialect:
         server = self._json(message)
         out: list[str] = []
         if "setupComplete" in server:
-            if self._reopening:  # the same session on the next connection: the client hears of it only if it asked
+            # The client hears of a connection's setup once (session.created), then only what it asked to change;
+            # a replaced connection's late setupComplete says nothing new.
+            announce = self._announce_update
+            if self._reopening:
                 self._reopening, self.go_away = False, None
-                if self._changed_setup:
-                    out.append(self._event("session.updated", session=self.session))
+                announce = announce or self._changed_setup
                 self._changed_setup = False
-            else:
+            if not self._created:
+                self._created = True
                 out.append(self._event("session.created", session=self.session))
-                if self._announce_update:
-                    out.append(self._event("session.updated", session=self.session))
+            if announce:
+                self._announce_update = False
+                out.append(self._event("session.updated", session=self.session))
         if "usageMetadata" in server:
             self._usage = server["usageMetadata"]  # the turn so far: the latest replaces, never adds
         content = _dict(server.get("serverContent"))

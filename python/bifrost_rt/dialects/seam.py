@@ -47,6 +47,9 @@ class Reconnecting(Protocol):
     def reconnect_failed(self) -> None:
         """The next connection could not be opened."""
 
+    def opening(self) -> list[str | bytes]:
+        """What the provider is sent when the client has said nothing for a while (its default setup), once."""
+
 
 class Identity:
     """OpenAI GA: nothing to translate."""

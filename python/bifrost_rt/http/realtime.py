@@ -96,6 +96,7 @@ class RealtimeWebSocketEndpoint:
                     lambda: connect_upstream(url, upstream_headers, limits, route.provider_name),
                     route.provider.gemini.buffer_bytes,
                     route.provider.gemini.setup_timeout_s,
+                    route.provider.gemini.setup_wait_ms / 1000,
                 )
             await WebSocketRelay(relay, upstream, receive, send, scope, gateway.registry, limits.close_timeout_s, renewal).run()
         finally:

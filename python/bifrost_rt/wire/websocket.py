@@ -81,6 +81,7 @@ class Renewal:
     connect: Callable[[], Awaitable[ClientConnection]]
     buffer_bytes: int  # client input held meanwhile; more ends the session (`reconnect_buffer_full`)
     first_message_timeout_s: float
+    opening_after_s: float  # the provider waits for its configuration: sent by then if the client said nothing
 
 
 class WebSocketRelay:
@@ -128,6 +129,8 @@ class WebSocketRelay:
         self.relay.start()
         loops = [asyncio.create_task(self._client_to_upstream()), asyncio.create_task(self._upstream_to_client())]
         self._tasks.update(loops)
+        if self._renewal is not None:
+            self._spawn(self._open_provider(self._renewal.opening_after_s))
         try:
             try:
                 done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
@@ -277,6 +280,15 @@ class WebSocketRelay:
             await fresh.send(held.pop(0))
         self._held = None
         return None
+
+    async def _open_provider(self, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        try:
+            ending = await self._perform(self.relay.opening())
+        except (OSError, ConnectionClosed):
+            return
+        if ending is not None:
+            self._finish(ending)
 
     async def _close_previous(self, previous: ClientConnection) -> None:
         try:
