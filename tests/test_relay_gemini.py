@@ -139,3 +139,17 @@ def test_a_failed_reconnect_ends_the_session_with_an_error_and_a_close_code() ->
     ending = relay.reconnect_failed("the new connection was not set up")
     assert ending.client_error is not None and ending.client_error.code == "upstream_session_not_resumable"
     assert ending.client_close_frame is not None and ending.client_close_frame[0] == errors.CLOSE_INTERNAL
+
+
+def test_a_cancelled_answer_that_gemini_interrupts_ends_client_cancelled_without_speech() -> None:
+    relay, records = gemini_relay()
+    open_session(relay)
+    relay.from_client(client("conversation.item.create", item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "long"}]}))
+    relay.from_client(client("response.create"))
+    relay.from_server(gemini(serverContent={"modelTurn": {"parts": [{"text": "once upon"}]}}))
+    assert upstream(relay.from_client(client("response.cancel"))) == []  # Gemini cannot stop; the gateway stops relaying
+    assert to_client(relay.from_server(gemini(serverContent={"modelTurn": {"parts": [{"text": " a time"}]}}))) == []
+    ended = to_client(relay.from_server(gemini(serverContent={"interrupted": True}, usageMetadata=USAGE)))
+    assert [e["type"] for e in ended][-1] == "response.done" and "input_audio_buffer.speech_started" not in [e["type"] for e in ended]
+    assert ended[-1]["response"]["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
+    assert records.records[0].status == "cancelled" and records.records[0].usage["input_tokens"] == 10

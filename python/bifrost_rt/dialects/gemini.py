@@ -742,6 +742,8 @@ class GeminiDialect:
     def _interrupted(self) -> list[str]:
         """The user spoke over the answer: GA's speech_started, then the response ends cancelled/turn_detected."""
         response = self._response
+        if response is not None and response.cancelled:  # the client's own cancel, overtaken by its next turn
+            return self._done("cancelled", "client_cancelled")
         item_id = _id("item")
         self._input_item = item_id
         start = self._speech_from_ms if self._speech_from_ms is not None else self._audio_ms
