@@ -46,8 +46,9 @@ def gemini() -> Iterator[ServerThread]:
         yield server
 
 
-def gemini_gateway(start_gateway: GatewayFactory, gemini: ServerThread, **sections: Any) -> Any:
-    provider = {"kind": "gemini", "base_url": gemini.url, "api_key": GEMINI_KEY}
+def gemini_gateway(start_gateway: GatewayFactory, gemini: ServerThread, gemini_config: dict[str, Any] | None = None,
+                   **sections: Any) -> Any:
+    provider = {"kind": "gemini", "base_url": gemini.url, "api_key": GEMINI_KEY, "gemini": gemini_config or {}}
     return start_gateway(
         f"{gemini.url}/v1",
         providers={"gemini": provider},
@@ -417,3 +418,45 @@ async def test_a_client_that_waits_for_session_created_gets_it_and_may_still_con
         await client.ws.close()
     (record,) = sink.wait_for(1)
     assert record.metadata["upstream_connection"] == 2
+
+
+LEAVING_STALLED = SimulatorOptions(pace=0, api_keys=[GEMINI_KEY], gemini_go_away_after_turns=1, gemini_go_away_ms=30_000,
+                                   gemini_stall_resumed=True)
+
+
+async def first_turn_then_go_away(server: ServerThread) -> Walk:
+    client = await walk(server)
+    await client.send(type="session.update", session={"type": "realtime", "output_modalities": ["text"]})
+    await client.send(type="conversation.item.create", item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]})
+    await client.send(type="response.create")
+    await client.until("response.done")  # then goAway: the next connection opens, and is never set up
+    return client
+
+
+async def closed_with(client: Walk) -> tuple[dict[str, Any], int]:
+    error = (await client.until("error"))[-1]["error"]
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await client.recv()
+    assert closed.value.rcvd is not None
+    return error, closed.value.rcvd.code
+
+
+async def test_a_next_connection_that_is_never_set_up_ends_the_session_with_an_error_and_1011(start_gateway):
+    with ServerThread(create_simulator_app(LEAVING_STALLED)) as leaving:
+        server, sink = gemini_gateway(start_gateway, leaving, {"setup_timeout_s": 0.5})
+        client = await first_turn_then_go_away(server)
+        error, code = await closed_with(client)
+    assert error["code"] == "upstream_session_not_resumable" and code == 1011
+    assert [r.status for r in sink.wait_for(1)] == ["completed"]
+
+
+async def test_input_beyond_the_reconnect_buffer_ends_the_session_rather_than_dropping_it(start_gateway):
+    with ServerThread(create_simulator_app(LEAVING_STALLED)) as leaving:
+        server, _ = gemini_gateway(start_gateway, leaving, {"buffer_bytes": 65536, "setup_timeout_s": 30})
+        client = await first_turn_then_go_away(server)
+        chunk = base64.b64encode(tone_pcm16(100)).decode()  # about 4.3 KB once resampled and wrapped
+        for _ in range(40):  # 170 KB while the switch waits: more than the 64 KiB held
+            await client.send(type="input_audio_buffer.append", audio=chunk)
+        error, code = await closed_with(client)
+    assert error["code"] == "reconnect_buffer_full" and code == 1011

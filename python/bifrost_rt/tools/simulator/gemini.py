@@ -207,6 +207,8 @@ class GeminiSession:
             if restored is None:
                 await self.close(1007, "Request contains an invalid argument: the session resumption handle is not valid.")
             self.conversation = restored
+            if self.options.gemini_stall_resumed:
+                return  # the fault: the resumed connection is never set up
         await self.send({"setupComplete": {}})
 
     async def on_client_content(self, content: Any) -> None:

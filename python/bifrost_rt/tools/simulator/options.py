@@ -69,6 +69,8 @@ class SimulatorOptions(BaseModel):
     """A Gemini Live connection sends `goAway` after this many turns and closes `gemini_go_away_ms` later."""
     gemini_go_away_ms: int = Field(1000, ge=0, le=600_000)
     """The `goAway.timeLeft` before the connection closes."""
+    gemini_stall_resumed: bool = False
+    """A fault: a connection resuming with a handle never gets its `setupComplete`."""
 
     @field_validator("fault")
     @classmethod
