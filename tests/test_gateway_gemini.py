@@ -460,3 +460,15 @@ async def test_input_beyond_the_reconnect_buffer_ends_the_session_rather_than_dr
             await client.send(type="input_audio_buffer.append", audio=chunk)
         error, code = await closed_with(client)
     assert error["code"] == "reconnect_buffer_full" and code == 1011
+
+
+async def test_gemini_closing_on_a_bad_key_reaches_the_client_as_an_openai_error(gemini, start_gateway):
+    server, sink = start_gateway(
+        f"{gemini.url}/v1",
+        providers={"gemini": {"kind": "gemini", "base_url": gemini.url, "api_key": "not-the-key"}},
+        models={"gemini-live": {"provider": "gemini", "model": MODEL}},
+    )
+    client = await walk(server)  # Gemini closes right after the upgrade, as the service does on a bad key
+    error, code = await closed_with(client)
+    assert code == 1007 and error["code"] == "upstream_closed" and "API key not valid" in error["message"]
+    assert "not-the-key" not in json.dumps(error)

@@ -12,6 +12,7 @@ transport sends the very string it received. Messages are observed by the sessio
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import orjson
@@ -222,6 +223,20 @@ class Relay:
         if self._reconnecting is None or self.ending is not None:
             return ()
         return tuple(ToUpstream(m) for m in self._reconnecting.opening())
+
+    def provider_closed(self, code: int | None, reason: str) -> Ending:
+        """The provider's connection closed (`code` None: without a close frame)."""
+        ending = endings.upstream_closed(code, reason)
+        if self._upstream.identity or ending.turn_error is None or ending.client_close is None:
+            return ending
+        # A provider that speaks no OpenAI errors (Gemini closes with a reason only): its close is explained with
+        # one, as an OpenAI server would, under the same close code.
+        detail = f"{code}: {reason}" if reason else str(code)
+        error = errors.RealtimeError(
+            "server_error", "upstream_closed", f"The realtime provider closed the connection ({detail}).",
+            close_code=ending.client_close[0],
+        )  # fmt: skip
+        return dataclasses.replace(ending, client_error=error, client_close=None)
 
     def reconnected(self, message: str | bytes) -> tuple[Action, ...]:
         """The next connection's first message (its `setupComplete`): the session goes on there."""

@@ -186,7 +186,7 @@ class WebSocketRelay:
                     if ending is not None:
                         return ending
             except ConnectionClosed as exc:
-                return _upstream_closed(exc)
+                return self._provider_closed(exc)
 
     async def _upstream_to_client(self) -> Ending:
         send = self.send
@@ -198,7 +198,7 @@ class WebSocketRelay:
             except ConnectionClosed as exc:
                 if connection is not self.upstream:  # the replaced connection closing, as it should
                     continue
-                return _upstream_closed(exc)
+                return self._provider_closed(exc)
             actions = from_server(frame)
             self.in_client_send = True
             try:
@@ -211,7 +211,7 @@ class WebSocketRelay:
             except OSError:
                 return endings.client_gone()
             except ConnectionClosed as exc:
-                return _upstream_closed(exc)
+                return self._provider_closed(exc)
             finally:
                 self.in_client_send = False
 
@@ -301,6 +301,9 @@ class WebSocketRelay:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _provider_closed(self, exc: ConnectionClosed) -> Ending:
+        return self.relay.provider_closed(*_close_of(exc))
+
     async def _check_started(self, check: Check) -> None:
         try:
             ending = await self._perform(self.relay.checked(check, await self.relay.decide(check)))
@@ -347,6 +350,6 @@ class WebSocketRelay:
             self.upstream.transport.abort()
 
 
-def _upstream_closed(exc: ConnectionClosed) -> Ending:
+def _close_of(exc: ConnectionClosed) -> tuple[int | None, str]:
     close = exc.rcvd
-    return endings.upstream_closed(None if close is None else close.code, "" if close is None else close.reason)
+    return (None, "") if close is None else (close.code, close.reason)
