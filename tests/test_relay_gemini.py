@@ -174,3 +174,35 @@ def test_the_gemini_provider_url_and_credentials() -> None:
         "wss://us-central1-aiplatform.googleapis.com/ws/google.cloud.aiplatform.v1.LlmBidiService/BidiGenerateContent"
     )
     assert vertex.upstream_headers({}, []) == {"Authorization": "Bearer ya29.token"}
+
+
+def test_every_message_sent_to_gemini_validates_against_google_genai_types() -> None:
+    from google.genai import types
+
+    relay, _ = gemini_relay()
+    tools = [{"type": "function", "name": "get_weather", "description": "d", "parameters": {"type": "object", "properties": {}}}]
+    sent = upstream(relay.from_client(client("session.update", session={
+        "type": "realtime", "instructions": "hi", "tools": tools, "max_output_tokens": 100,
+        "audio": {"input": {"turn_detection": None, "transcription": {"model": "whisper-1"}}, "output": {"voice": "Kore"}},
+    })))  # fmt: skip
+    relay.from_server(gemini(setupComplete={}))
+    for event in (
+        client("input_audio_buffer.append", audio="AAAAAAAA"),
+        client("input_audio_buffer.commit"),
+        client("conversation.item.create", item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "x"}]}),
+        client("response.create"),
+    ):
+        sent += upstream(relay.from_client(event))
+    relay.from_server(gemini(toolCall={"functionCalls": [{"id": "c1", "name": "get_weather", "args": {}}]}))
+    sent += upstream(relay.from_client(client("conversation.item.create", item={"type": "function_call_output", "call_id": "c1", "output": "{}"})))
+    sent += upstream(relay.from_client(client("response.create")))
+    # activityStart, the audio; at response.create the text (turn not complete) and activityEnd; the tool response
+    # alone (Gemini goes on by itself).
+    assert [next(iter(m)) for m in sent] == ["setup", "realtimeInput", "realtimeInput", "clientContent", "realtimeInput", "toolResponse"]
+    assert sent[3]["clientContent"]["turnComplete"] is False and sent[4] == {"realtimeInput": {"activityEnd": {}}}
+    for message in sent:
+        setup = message.get("setup", {})
+        # google-genai sends realtimeInputConfig in setup without modelling it there; it is checked on its own.
+        types.RealtimeInputConfig.model_validate(setup.pop("realtimeInputConfig", {}))
+        types.LiveClientMessage.model_validate(message)
+    assert sent[0]["setup"]["generationConfig"]["speechConfig"]["voiceConfig"]["prebuiltVoiceConfig"]["voiceName"] == "Kore"
