@@ -155,7 +155,7 @@ def test_a_cancelled_answer_that_gemini_interrupts_ends_client_cancelled_without
     assert records.records[0].status == "cancelled" and records.records[0].usage["input_tokens"] == 10
 
 
-def test_the_gemini_provider_url_and_credentials() -> None:
+async def test_the_gemini_provider_url_and_credentials() -> None:
     def route(provider: dict[str, Any]) -> Any:
         config = parse_config({"providers": {"g": provider}, "virtual_keys": [{"key": KEY, "name": "core"}]})
         resolved = ModelResolver(config).resolve("gemini-live-2.5-flash-preview")
@@ -165,7 +165,7 @@ def test_the_gemini_provider_url_and_credentials() -> None:
     google = route({"kind": "gemini", "api_key": "g-secret"})
     url = google.upstream_url({"model": "x", "key": "leak", "intent": "y"})
     assert url == "wss://generativelanguage.googleapis.com/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
-    headers = google.upstream_headers({"openai-organization": "org", "authorization": "Bearer sk-bf"}, ["realtime"])
+    headers = await google.upstream_headers({"openai-organization": "org", "authorization": "Bearer sk-bf"}, ["realtime"])
     assert headers == {"x-goog-api-key": "g-secret"}  # nothing of the client's, and no bearer
 
     vertex = route({"kind": "gemini", "base_url": "https://us-central1-aiplatform.googleapis.com", "api_key": "ya29.token",
@@ -173,7 +173,7 @@ def test_the_gemini_provider_url_and_credentials() -> None:
     assert vertex.upstream_url({}) == (
         "wss://us-central1-aiplatform.googleapis.com/ws/google.cloud.aiplatform.v1.LlmBidiService/BidiGenerateContent"
     )
-    assert vertex.upstream_headers({}, []) == {"Authorization": "Bearer ya29.token"}
+    assert await vertex.upstream_headers({}, []) == {"Authorization": "Bearer ya29.token"}
 
 
 def test_every_message_sent_to_gemini_validates_against_google_genai_types() -> None:

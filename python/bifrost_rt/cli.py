@@ -34,6 +34,7 @@ def _simulate(ns: argparse.Namespace) -> int:
         fault=ns.fault,
         stamp_events=ns.stamp_events,
         api_keys=ns.api_key or None,
+        flavor=ns.flavor,
         gemini_binary_frames=not ns.gemini_text_frames,
         gemini_go_away_after_turns=ns.gemini_go_away_after_turns,
     )
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--fault", help="drop | stall | failed | close:<code>, applied to every response")
     simulate.add_argument("--stamp-events", action="store_true", help="add sim_sent_ns to deltas (latency benches)")
     simulate.add_argument("--api-key", action="append", help="accept only this key (repeatable)")
+    simulate.add_argument("--flavor", choices=("openai", "azure"), default="openai",
+                          help="play OpenAI's API or an Azure OpenAI resource's (paths, api-key, refusals)")
     simulate.add_argument("--gemini-text-frames", action="store_true", help="Gemini Live messages as text frames")
     simulate.add_argument("--gemini-go-away-after-turns", type=int, help="Gemini Live: goAway after N turns")
     simulate.set_defaults(run=_simulate)

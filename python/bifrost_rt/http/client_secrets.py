@@ -50,10 +50,9 @@ def _replace_everywhere(value: Any, old: str, new: str) -> Any:
 class ClientSecretEndpoint:
     """Starlette endpoint for the GA route (`legacy=False`) or the beta sessions route (`legacy=True`)."""
 
-    def __init__(self, gateway: Services, *, legacy: bool, path_provider: str | None = None) -> None:
+    def __init__(self, gateway: Services, *, legacy: bool) -> None:
         self.gateway = gateway
         self.legacy = legacy
-        self.path_provider = path_provider
 
     async def handle(self, request: Request) -> Response:
         gateway = self.gateway
@@ -62,7 +61,7 @@ class ClientSecretEndpoint:
         if not _is_json(request.headers.get("content-type", "")):
             return error_response(415, "invalid_request_error", "unsupported_media_type", "Content-Type must be application/json.")
         headers = scope_headers(request.scope)
-        credential = presented_credential(headers, ())
+        credential = presented_credential(headers, (), request.query_params)
         if credential is None:
             return error_response(401, "invalid_request_error", "invalid_api_key", "Missing bearer or basic authentication in header.")
         if is_gateway_token(credential):
@@ -94,7 +93,7 @@ class ClientSecretEndpoint:
         model = session.get("model")
         if not isinstance(model, str) or not model:
             return error_response(400, "invalid_request_error", "missing_required_parameter", f"Missing required parameter: '{model_param}'.", model_param)
-        route = gateway.models.resolve(model, self.path_provider)
+        route = gateway.models.resolve(model)
         if route is None:
             return error_response(400, "invalid_request_error", "model_not_found", f"The model '{model}' is not served by this gateway.", model_param)
         if not principal.allows(route):
@@ -117,9 +116,9 @@ class ClientSecretEndpoint:
         forwarded = {name: headers[name] for name in _FORWARDED_HEADERS if name in headers}
         try:
             upstream = await gateway.http.post(
-                route.provider.http_url("/realtime/client_secrets"),
+                route.http_url("/realtime/client_secrets"),
                 content=orjson.dumps(upstream_body),
-                headers={**route.upstream_headers(forwarded, []), "content-type": "application/json"},
+                headers={**await route.upstream_headers(forwarded, []), "content-type": "application/json"},
                 timeout=gateway.config.client_secrets.upstream_timeout_s,
             )
         except httpx.HTTPError as error:
