@@ -159,3 +159,23 @@ def test_scan_response_done(benchmark) -> None:
 @pytest.mark.benchmark(group="response.done (2 KB)")
 def test_extract_usage_response_done(benchmark) -> None:
     assert benchmark(_native.extract_usage, RESPONSE_DONE).total_tokens == 1320
+
+
+# One 100 ms append (6 400 base64 characters) resampled 24 → 16 kHz, as the Gemini dialect does per append.
+APPEND_AUDIO = base64.b64encode(RNG.randbytes(4800)).decode()
+
+
+@pytest.mark.benchmark(group="append resampled to 16 kHz (100 ms)")
+def test_resample_append(benchmark) -> None:
+    resampler = _native.Resampler24To16()
+    assert len(benchmark(resampler.base64, APPEND_AUDIO)) == 4268  # 3 200 bytes of 16 kHz PCM16
+
+
+@pytest.mark.benchmark(group="append resampled to 16 kHz (100 ms)")
+def test_gemini_dialect_append(benchmark) -> None:
+    from bifrost_rt.dialects.gemini import GeminiDialect
+
+    dialect = GeminiDialect("gemini-live", "gemini-live-2.5-flash-preview")
+    event = orjson.dumps({"type": "input_audio_buffer.append", "audio": APPEND_AUDIO}).decode()
+    dialect.outbound(event)  # the first one carries the setup
+    benchmark(dialect.outbound, event)

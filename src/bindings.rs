@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::frame::{self, PayloadField, StrSpan};
+use crate::resample;
 use crate::rtp;
 use crate::turn::{self, Observed, TrackerLimits};
 use crate::usage::{self, TranscriptionBilling};
@@ -944,6 +945,43 @@ impl RtpForwardRing {
     }
 }
 
+/// One stream's PCM16 24 kHz → 16 kHz resampler (see `resample::Resampler`).
+#[pyclass(module = "bifrost_rt._native")]
+struct Resampler24To16 {
+    resampler: resample::Resampler,
+}
+
+#[pymethods]
+impl Resampler24To16 {
+    #[new]
+    fn new() -> Self {
+        Resampler24To16 {
+            resampler: resample::Resampler::new(),
+        }
+    }
+
+    /// One append's base64 audio (standard or URL-safe) resampled, as standard base64.
+    fn base64(&mut self, audio: &Bound<'_, PyAny>) -> PyResult<String> {
+        let result = if let Ok(text) = audio.cast::<PyString>() {
+            self.resampler.process_base64(text.to_str()?.as_bytes())
+        } else if let Ok(bytes) = audio.cast::<PyBytes>() {
+            self.resampler.process_base64(bytes.as_bytes())
+        } else {
+            return Err(PyTypeError::new_err("audio must be str or bytes"));
+        };
+        result.map_err(|error| {
+            PyValueError::new_err(format!("invalid base64 at character {}", error.position))
+        })
+    }
+
+    /// Raw little-endian PCM16 bytes in, resampled bytes out.
+    fn pcm<'py>(&mut self, py: Python<'py>, pcm: &[u8]) -> Bound<'py, PyBytes> {
+        let mut out = Vec::with_capacity(pcm.len() * 2 / 3 + 2);
+        self.resampler.process(pcm, &mut out);
+        PyBytes::new(py, &out)
+    }
+}
+
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native_module(module: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -961,5 +999,6 @@ fn native_module(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Prices>()?;
     module.add_class::<Cost>()?;
     module.add_class::<RtpForwardRing>()?;
+    module.add_class::<Resampler24To16>()?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! extension module lives in `bindings`, built only with the `python` feature.
 
 pub mod frame;
+pub mod resample;
 pub mod rtp;
 pub mod turn;
 pub mod usage;

@@ -123,3 +123,21 @@ def test_quick_webrtc_bench_writes_a_complete_report(tmp_path, capsys):
     table = capsys.readouterr().out
     for heading in ("one-way audio latency", "call setup", "gateway CPU per call", "capacity ramp", "added/hop"):
         assert heading in table
+
+
+@pytest.mark.slow
+def test_quick_bench_of_the_gemini_target(tmp_path, capsys):
+    output = tmp_path / "bench.json"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run_from_args(parser.parse_args(["--quick", "--targets", "floor,gemini", "--output", str(output)])) == 0
+    report = json.loads(output.read_text())
+    runs = {(r["target"], r["phase"]): r for r in report["runs"]}
+    setup, down, up = (runs[("gemini", p)] for p in PHASES)
+    params = report["params"]
+    assert setup["sessions"] == params["sessions"] * params["setup_rounds"]
+    assert down["received"] > down["sent"] > 0  # every Gemini answer arrives as GA events
+    assert up["sent"] == params["sessions"] * params["turns"] * (params["appends"] + 1)
+    assert "gemini" not in report["latency"]  # Gemini's messages carry no send stamps
+    assert isinstance(report["ratios_gemini_over_floor"], dict)
+    assert "gemini/floor" in capsys.readouterr().out

@@ -253,7 +253,8 @@ def test_demo_holds_a_conversation_and_reads_it_back_from_the_turn_log(tmp_path)
     result = subprocess.run([sys.executable, "-m", "bifrost_rt.cli", "demo"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert sum(line.strip().startswith("turn ") and "completed" in line for line in lines) == 4
+    assert sum(line.strip().startswith("turn ") and "completed" in line for line in lines) == 5  # the last on Gemini
+    assert "> Gemini Live turn (model gemini-live, same client code)" in lines
     assert any(line.startswith("GET /api/logs/sessions/demo-") and "→ 4 turns" in line for line in lines)
     assert list(tmp_path.iterdir()) == []  # the demo keeps its SQLite file in a temporary directory
 

@@ -306,3 +306,15 @@ class RtpForwardRing:
     def stats(self) -> dict[str, int | float]:
         """packets_in/out, bytes_in/out, duplicates, reordered, lost, overflow_dropped, malformed, ssrc_changes,
         jitter_ms."""
+
+@final
+class Resampler24To16:
+    """One stream's PCM16 24 kHz → 16 kHz resampler: a polyphase windowed-sinc low-pass (flat to ~6 kHz, ≥ 40 dB
+    down above 8 kHz) whose state carries across calls, so chunk boundaries, even inside a sample, change nothing."""
+
+    def __init__(self) -> None: ...
+    def base64(self, audio: str | bytes) -> str:
+        """One append's base64 audio (standard or URL-safe alphabet) resampled, as standard base64; ValueError when
+        the input is not base64."""
+    def pcm(self, pcm: bytes) -> bytes:
+        """Little-endian PCM16 bytes in, resampled bytes out."""

@@ -38,6 +38,8 @@ def _simulate(ns: argparse.Namespace) -> int:
         stamp_events=ns.stamp_events,
         api_keys=ns.api_key or None,
         flavor=ns.flavor,
+        gemini_binary_frames=not ns.gemini_text_frames,
+        gemini_go_away_after_turns=ns.gemini_go_away_after_turns,
     )
     run_simulator(ns.host, ns.port, options)
     return 0
@@ -67,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int)
     serve.set_defaults(run=_serve)
 
-    simulate = commands.add_parser("simulate", help="run the built-in OpenAI-compatible realtime upstream")
+    simulate = commands.add_parser("simulate", help="run the built-in realtime upstream (OpenAI GA and Gemini Live)")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8765)
     simulate.add_argument("--pace", type=float, default=1.0, help="multiple of realtime for audio output; 0 = no pacing")
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--api-key", action="append", help="accept only this key (repeatable)")
     simulate.add_argument("--flavor", choices=("openai", "azure"), default="openai",
                           help="play OpenAI's API or an Azure OpenAI resource's (paths, api-key, refusals)")
+    simulate.add_argument("--gemini-text-frames", action="store_true", help="Gemini Live messages as text frames")
+    simulate.add_argument("--gemini-go-away-after-turns", type=int, help="Gemini Live: goAway after N turns")
     simulate.set_defaults(run=_simulate)
 
     demo = commands.add_parser("demo", help="a conversation through the gateway to the simulator")

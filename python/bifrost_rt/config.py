@@ -66,6 +66,23 @@ class TeamPolicy(_Strict):
     max_sessions: int | None = Field(None, ge=1)
 
 
+GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
+
+
+class GeminiConfig(_Strict):
+    """How a `kind: gemini` provider is reached: the Google AI API (key in `x-goog-api-key`) or Vertex AI (bearer)."""
+
+    api: Literal["google_ai", "vertex"] = "google_ai"
+    api_version: str = Field("v1beta", pattern=r"^v[0-9a-z]+$", description="in the BidiGenerateContent path")
+    buffer_bytes: int = Field(
+        4 * 1024 * 1024, ge=64 * 1024, description="client input held while the next upstream connection opens"
+    )
+    setup_timeout_s: float = Field(10.0, gt=0, description="wait for setupComplete on a reconnect")
+    setup_wait_ms: int = Field(
+        500, ge=0, le=60_000, description="a client silent this long after connecting gets the default setup (session.created)"
+    )
+
+
 class EntraTokenConfig(_Strict):
     """An Entra ID bearer token for an Azure OpenAI resource: a fixed value, a file, or a command's output.
 
@@ -90,12 +107,14 @@ class EntraTokenConfig(_Strict):
 
 
 class ProviderConfig(_Strict):
-    """A realtime upstream: OpenAI or an OpenAI-compatible server (`kind: openai`), or an Azure OpenAI resource."""
+    """A realtime upstream: OpenAI or an OpenAI-compatible server (`kind: openai`), an Azure OpenAI resource, or
+    Gemini Live (`kind: gemini`)."""
 
-    kind: Literal["openai", "azure"] = "openai"
+    kind: Literal["openai", "azure", "gemini"] = "openai"
     base_url: str = Field(
         description="HTTP(S) base URL, e.g. https://api.openai.com/v1; for Azure the resource endpoint, "
-        "e.g. https://<resource>.openai.azure.com; http→ws, https→wss"
+        "e.g. https://<resource>.openai.azure.com; http→ws, https→wss; "
+        f"for kind gemini it defaults to {GEMINI_BASE_URL} (Vertex: https://LOCATION-aiplatform.googleapis.com)"
     )
     api_key: EnvSecret | None = Field(None, description="sent as a bearer token; to Azure as the `api-key` header")
     headers: dict[str, str] = Field(default_factory=dict, description="static headers sent upstream")
@@ -104,6 +123,14 @@ class ProviderConfig(_Strict):
         "ga", description="Azure only: /openai/v1/realtime?model= (GA events) or /openai/realtime?api-version=&deployment= (beta events)"
     )
     api_version: str = Field("2025-04-01-preview", description="Azure preview form only: the api-version query parameter")
+    gemini: GeminiConfig = Field(default_factory=GeminiConfig, description="kind gemini only")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gemini_default_url(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("kind") == "gemini" and not value.get("base_url"):
+            return {**value, "base_url": GEMINI_BASE_URL}
+        return value
 
     @field_validator("base_url")
     @classmethod

@@ -147,6 +147,24 @@ def too_many_sessions() -> RealtimeError:
     )
 
 
+def upstream_not_resumable(reason: str) -> RealtimeError:
+    """The provider ends its connection and the session cannot continue on a new one."""
+    return RealtimeError(
+        "server_error", "upstream_session_not_resumable",
+        f"The realtime provider ended the connection and the session could not be resumed: {reason}.",
+        close_code=CLOSE_INTERNAL,
+    )  # fmt: skip
+
+
+def reconnect_buffer_full(limit: int) -> RealtimeError:
+    return RealtimeError(
+        "server_error", "reconnect_buffer_full",
+        f"More than {limit} bytes of input arrived while the provider connection was being renewed; the session ends "
+        "rather than drop any of it.",
+        close_code=CLOSE_INTERNAL,
+    )  # fmt: skip
+
+
 def upstream_unavailable() -> RealtimeError:
     return RealtimeError(
         "server_error",

@@ -108,6 +108,12 @@ def stopped(error: RealtimeError, upstream_code: int = errors.CLOSE_NORMAL) -> E
     return Ending("interrupted", error.code or error.type, client_error=error, upstream_close=(upstream_code, ""))
 
 
+def reconnect_failed(error: RealtimeError) -> Ending:
+    """The provider's next connection (after its own goAway, or for a configuration change) could not be had."""
+    return Ending("failed", error.code or error.type, client_error=error, upstream_close=(errors.CLOSE_GOING_AWAY, ""),
+                  turn_error={"type": error.type, "code": error.code})
+
+
 def internal_error() -> Ending:
     error = RealtimeError("server_error", "internal_error", "The gateway hit an internal error.", close_code=errors.CLOSE_INTERNAL)
     return Ending("failed", "internal_error", client_error=error, turn_error={"type": "server_error", "code": "internal_error"})

@@ -12,6 +12,7 @@ transport sends the very string it received. Messages are observed by the sessio
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import orjson
@@ -20,7 +21,7 @@ from bifrost_rt import errors
 from bifrost_rt.core import ending as endings
 from bifrost_rt.core.ending import Ending
 from bifrost_rt.core.session import RealtimeSession, StartedTurn
-from bifrost_rt.dialects.seam import IDENTITY, Dialect, Untranslatable
+from bifrost_rt.dialects.seam import IDENTITY, Dialect, Reconnecting, Untranslatable
 from bifrost_rt.errors import RealtimeError
 from bifrost_rt.policy.hooks import Decision, HookPipeline, TurnRequest
 
@@ -57,7 +58,15 @@ class End:
     ending: Ending
 
 
-Action = ToUpstream | ToClient | Reply | Check | End
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """Open the provider's next connection and send `opening` on it; its first message goes to `reconnected`, and the
+    client's messages wait (bounded) until then. Only ever between turns, so no output is lost or repeated."""
+
+    opening: tuple[str | bytes, ...]
+
+
+Action = ToUpstream | ToClient | Reply | Check | End | Reconnect
 
 
 class _Forward(tuple):
@@ -86,6 +95,7 @@ class Relay:
         self._client = client_dialect
         self._upstream = upstream_dialect
         self._identity = client_dialect.identity and upstream_dialect.identity
+        self._reconnecting = upstream_dialect if isinstance(upstream_dialect, Reconnecting) else None
         self.ending: Ending | None = None
         self._started = False
         self.messages_up = 0
@@ -144,12 +154,19 @@ class Relay:
         actions: list[Action] = []
         for event in events:
             request = self.session.on_client_frame(event)
-            upstream = tuple(ToUpstream(m) for m in self._upstream.outbound(event))
+            try:
+                upstream = tuple(ToUpstream(m) for m in self._upstream.outbound(event))
+            except Untranslatable as refused:
+                # The provider's side refuses it: the core sees the error as the provider's, so the refused
+                # request or item is forgotten, exactly as for an OpenAI server's error.
+                actions.extend(self._from_provider([*self._upstream.answers(), refused.error.event(_event_id(event))]))
+                continue
             if request is None:
                 actions.extend(upstream)
             else:
                 actions.append(Check(request, upstream))
-        return tuple(actions)
+            actions.extend(self._from_provider(self._upstream.answers()))
+        return self._with_reconnect(tuple(actions))
 
     def checked(self, check: Check, decision: Decision) -> tuple[Action, ...]:
         """What follows the plugins' decision on `check`."""
@@ -188,6 +205,52 @@ class Relay:
             events = self._upstream.inbound(message)
         except Untranslatable as refused:
             return (ToClient(self._for_client(refused.error.event())),)
+        return self._with_reconnect(self._from_provider(events, message))
+
+    def _with_reconnect(self, actions: tuple[Action, ...]) -> tuple[Action, ...]:
+        """`actions`, then the provider's next connection if its dialect says one is due now."""
+        if self._reconnecting is None:
+            return actions
+        due = self._reconnecting.reconnect_due()
+        if due is None:
+            return actions
+        if isinstance(due, RealtimeError):
+            return (*actions, End(endings.reconnect_failed(due)))
+        return (*actions, Reconnect(tuple(due)))
+
+    def opening(self) -> tuple[Action, ...]:
+        """For a provider that waits for its configuration: what it is sent if the client has said nothing yet."""
+        if self._reconnecting is None or self.ending is not None:
+            return ()
+        return tuple(ToUpstream(m) for m in self._reconnecting.opening())
+
+    def provider_closed(self, code: int | None, reason: str) -> Ending:
+        """The provider's connection closed (`code` None: without a close frame)."""
+        ending = endings.upstream_closed(code, reason)
+        if self._upstream.identity or ending.turn_error is None or ending.client_close is None:
+            return ending
+        # A provider that speaks no OpenAI errors (Gemini closes with a reason only): its close is explained with
+        # one, as an OpenAI server would, under the same close code.
+        detail = f"{code}: {reason}" if reason else str(code)
+        error = errors.RealtimeError(
+            "server_error", "upstream_closed", f"The realtime provider closed the connection ({detail}).",
+            close_code=ending.client_close[0],
+        )  # fmt: skip
+        return dataclasses.replace(ending, client_error=error, client_close=None)
+
+    def reconnected(self, message: str | bytes) -> tuple[Action, ...]:
+        """The next connection's first message (its `setupComplete`): the session goes on there."""
+        self.session.note_reconnect()
+        return self.from_server(message)
+
+    def reconnect_failed(self, reason: str) -> Ending:
+        if self._reconnecting is not None:
+            self._reconnecting.reconnect_failed()
+        return endings.reconnect_failed(errors.upstream_not_resumable(reason))
+
+    def _from_provider(self, events: list[str], message: str | bytes | None = None) -> tuple[Action, ...]:
+        """GA events in the provider's name (`message`: the provider's own, when it is one of them), observed by the
+        core and sent to the client in its dialect."""
         actions: list[Action] = []
         for event in events:
             note = self.session.on_server_frame(event)
@@ -215,3 +278,12 @@ class Relay:
             return event
         translated = [m for m in self._client.outbound(event) if isinstance(m, str)]
         return translated[0] if translated else event
+
+
+def _event_id(event: str) -> str | None:
+    """The client's `event_id` of a GA event text, for the error that refuses it."""
+    try:
+        value = orjson.loads(event).get("event_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None

@@ -120,6 +120,7 @@ class RealtimeSession:
         self._voice: str | None = None
         self._tools: list[dict[str, Any]] = []
         self._transcription_model: str | None = None
+        self._upstream_connection = 1  # which provider connection of the session serves its turns now
         self._session_type = "realtime"
         self.closed = False
         # Turn audio of a recording key; frames carry it only on a WebSocket (a call's audio is RTP).
@@ -151,6 +152,10 @@ class RealtimeSession:
     @property
     def open_turns(self) -> int:
         return len(self._turns)
+
+    def note_reconnect(self) -> None:
+        """The provider's next connection now serves the session (between turns)."""
+        self._upstream_connection += 1
 
     def is_open(self, response_id: str) -> bool:
         return response_id in self._turns
@@ -402,6 +407,8 @@ class RealtimeSession:
         )
         if self.audio is not None:
             self.audio.turn_finished(record, output.audio_bytes if output else 0)
+        if self._upstream_connection > 1:  # the session outlived a provider reconnect: its turns say on which connection
+            record.metadata["upstream_connection"] = self._upstream_connection
         self._writer.submit(record)
         self._hooks.turn_finished(record)
         if self._on_turn is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from bifrost_rt.dialects import beta
+from bifrost_rt.dialects.gemini import GeminiDialect
 from bifrost_rt.dialects.seam import IDENTITY, Dialect, Identity, Untranslatable
 from bifrost_rt.providers import Route
 
@@ -27,4 +28,6 @@ def for_provider(route: Route) -> Dialect:
     """The dialect the route's provider speaks (`Route.dialect`)."""
     if route.dialect == "openai-beta":
         return beta.BETA_PROVIDER
+    if route.dialect == "gemini":
+        return GeminiDialect(route.requested_model, route.upstream_model or route.requested_model or "")
     return IDENTITY

@@ -446,6 +446,9 @@ class BetaClient:
             raise Untranslatable(errors.binary_frame())
         return _translate(message, _event_type(message), {}, _CLIENT_TO_GA)
 
+    def answers(self) -> list[str]:
+        return []
+
     def outbound(self, event: str) -> list[str | bytes]:
         kind = _event_type(event)
         if kind in DROPPED_FOR_BETA:
@@ -465,6 +468,9 @@ class BetaProvider:
         if kind == "conversation.item.created":
             return _item_created_ga(message)
         return _translate(message, kind, _RENAMED_SERVER_BACK, _SERVER_TO_GA)
+
+    def answers(self) -> list[str]:
+        return []
 
     def outbound(self, event: str) -> list[str | bytes]:
         return _translate(event, _event_type(event), {}, _CLIENT_TO_BETA)  # type: ignore[return-value]

@@ -8,7 +8,7 @@ OpenAI GA on both sides byte-faithful and at one native call per frame.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from bifrost_rt.errors import RealtimeError
 
@@ -30,6 +30,26 @@ class Dialect(Protocol):
     def outbound(self, event: str) -> list[str | bytes]:
         """A GA event text as zero or more messages for this side's peer."""
 
+    def answers(self) -> list[str]:
+        """GA events this dialect answers in its peer's name, drained after each `outbound`: what an OpenAI server
+        confirms and this peer does not (a created item, a cleared buffer), observed by the core like the peer's."""
+
+
+@runtime_checkable
+class Reconnecting(Protocol):
+    """A provider dialect whose peer ends connections (Gemini's `goAway`) or takes its configuration only when a
+    connection opens: it says when the next connection is due and what opens it."""
+
+    def reconnect_due(self) -> list[str | bytes] | RealtimeError | None:
+        """The opening messages of the next connection when one is due now (between turns), a RealtimeError when one
+        is due and the session cannot be resumed, None otherwise. Asked after every message; due once."""
+
+    def reconnect_failed(self) -> None:
+        """The next connection could not be opened."""
+
+    def opening(self) -> list[str | bytes]:
+        """What the provider is sent when the client has said nothing for a while (its default setup), once."""
+
 
 class Identity:
     """OpenAI GA: nothing to translate."""
@@ -41,6 +61,9 @@ class Identity:
 
     def outbound(self, event: str) -> list[str | bytes]:
         return [event]
+
+    def answers(self) -> list[str]:
+        return []
 
 
 IDENTITY = Identity()

@@ -112,6 +112,12 @@ class CallRelay:
         if isinstance(admission, RealtimeError):
             gateway.registry.refuse(admission.code or admission.type)
             return _refusal_response(admission)
+        if admission.route.dialect == "gemini":
+            # Gemini Live has no WebRTC endpoint and the gateway does not terminate media (Opus ↔ PCM) for it.
+            gateway.registry.refuse("provider_not_webrtc")
+            message = (f"The model '{model}' is served by Gemini Live, which this gateway reaches over WebSocket only; "
+                       "WebRTC calls to it are not supported. Connect to /v1/realtime over WebSocket instead.")
+            return error_response(400, "invalid_request_error", "webrtc_not_supported_for_model", message, "model")
         refusal = self._cap_refusal(admission)
         if refusal is not None:
             gateway.registry.refuse(refusal.code or refusal.type)

@@ -98,6 +98,9 @@ class ClientSecretEndpoint:
             return error_response(400, "invalid_request_error", "model_not_found", f"The model '{model}' is not served by this gateway.", model_param)
         if not principal.allows(route):
             return error_response(403, "invalid_request_error", "model_not_allowed", f"This key is not allowed to use the model '{model}'.", model_param)
+        if route.dialect == "gemini":
+            message = f"The model '{model}' is served by Gemini Live, which issues no OpenAI client secrets; connect with a virtual key."
+            return error_response(400, "invalid_request_error", "client_secrets_not_supported_for_model", message, model_param)
         refusal = await gateway.governance.check_budget(principal.key_id)
         if refusal is not None:
             return error_response(429 if refusal.type != "server_error" else 503, refusal.type, refusal.code, refusal.message)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from websockets.asyncio.client import ClientConnection
+
 from bifrost_rt import dialects, errors
 from bifrost_rt.core.relay import Relay
 from bifrost_rt.errors import RealtimeError, new_id
@@ -17,7 +19,7 @@ from bifrost_rt.http.handshake import baggage_session_id, scope_headers, scope_q
 from bifrost_rt.http.services import Services
 from bifrost_rt.policy.auth import Principal, presented_credential
 from bifrost_rt.providers import Route
-from bifrost_rt.wire.websocket import UpstreamRefused, WebSocketRelay, connect_upstream
+from bifrost_rt.wire.websocket import Renewal, UpstreamRefused, WebSocketRelay, connect_upstream
 
 Scope = dict[str, Any]
 
@@ -97,7 +99,20 @@ class RealtimeWebSocketEndpoint:
                 client_dialect=dialects.for_client(headers, subprotocols, legacy=self._preview(query)),
                 upstream_dialect=dialects.for_provider(route),
             )
-            await WebSocketRelay(relay, upstream, receive, send, scope, gateway.registry, limits.close_timeout_s).run()
+            renewal = None
+            if route.dialect == "gemini":  # Gemini ends connections; the session goes on over the next one
+
+                async def reconnect() -> ClientConnection:
+                    upstream_headers = await route.upstream_headers(headers, subprotocols, upstream_credential)
+                    return await connect_upstream(route.upstream_url(query), upstream_headers, limits, route.provider_name)
+
+                renewal = Renewal(
+                    reconnect,
+                    route.provider.gemini.buffer_bytes,
+                    route.provider.gemini.setup_timeout_s,
+                    route.provider.gemini.setup_wait_ms / 1000,
+                )
+            await WebSocketRelay(relay, upstream, receive, send, scope, gateway.registry, limits.close_timeout_s, renewal).run()
         finally:
             await gateway.governance.release(principal.key_id, session_id)
 

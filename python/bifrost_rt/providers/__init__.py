@@ -1,6 +1,6 @@
 """Model → provider resolution, and the provider-facing side of a route: URL, query, headers, credential.
 
-Each provider kind has its shape in its own module (`openai`, `azure`): where the realtime socket and the REST
+Each provider kind has its shape in its own module (`openai`, `azure`, `gemini`): where the realtime socket and the REST
 endpoints are, and how the gateway's credential is presented. Everything else here is shared.
 """
 
@@ -12,7 +12,7 @@ from types import ModuleType
 from urllib.parse import urlencode
 
 from bifrost_rt.config import GatewayConfig, ModelRoute, ProviderConfig
-from bifrost_rt.providers import azure, openai
+from bifrost_rt.providers import azure, gemini, openai
 
 # Query parameters the gateway consumes or that carry credentials; never forwarded upstream. `api-version` and
 # `deployment` select an Azure-shaped client's model; the provider's own shape sets its own.
@@ -30,11 +30,11 @@ class Route:
 
     @property
     def dialect(self) -> str:
-        """What the provider speaks on its realtime socket: `openai` (GA events) or `openai-beta` (the retired beta
-        shape, which Azure's preview form still speaks)."""
+        """What the provider speaks on its realtime socket: `openai` (GA events), `openai-beta` (the retired beta
+        shape, which Azure's preview form still speaks) or `gemini` (Gemini Live)."""
         if self.provider.kind == "azure" and self.provider.url_form == "preview":
             return "openai-beta"
-        return "openai"
+        return "gemini" if self.provider.kind == "gemini" else "openai"
 
     def for_calls(self) -> Route:
         """The route as WebRTC calls see it: Azure has calls only in its GA form, so they speak GA events."""
@@ -45,10 +45,12 @@ class Route:
     @property
     def _shape(self) -> ModuleType:
         """The module that knows this provider kind's URLs."""
-        return azure if self.provider.kind == "azure" else openai
+        return {"azure": azure, "gemini": gemini}.get(self.provider.kind, openai)
 
     def upstream_url(self, query: Mapping[str, str]) -> str:
         url, params = self._shape.realtime_url(self.provider, self.upstream_model)
+        if self.provider.kind == "gemini":  # the model travels in `setup`; nothing of the client's query applies
+            return url
         for name, value in query.items():
             if name not in _PRIVATE_QUERY and name not in params:
                 params[name] = value
@@ -64,7 +66,7 @@ class Route:
         """`credential` replaces the provider's own (a provider client secret from a gateway token)."""
         headers = dict(self.provider.headers)
         headers.update(await self._auth_headers(credential))
-        if self.provider.kind == "azure":  # OpenAI's organisation and project headers mean nothing there
+        if self.provider.kind in ("azure", "gemini"):  # OpenAI's organisation and project headers mean nothing there
             return headers
         # `OpenAI-Beta` is never passed on: the client's dialect is translated, not forwarded.
         for name in ("openai-organization", "openai-project", "openai-safety-identifier"):
@@ -90,7 +92,9 @@ class Route:
             return azure.auth_headers(provider.api_key.get_secret_value(), bearer=False) if provider.api_key else {}
         if credential is None and provider.api_key is not None:
             credential = provider.api_key.get_secret_value()
-        return openai.auth_headers(credential) if credential is not None else {}
+        if credential is None:
+            return {}
+        return gemini.auth_headers(provider, credential) if provider.kind == "gemini" else openai.auth_headers(credential)
 
 
 class ModelResolver:

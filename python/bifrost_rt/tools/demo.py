@@ -1,5 +1,6 @@
 """`bifrost-rt demo`: the built-in simulator upstream, the gateway in front of it, and an openai-python client
-holding a short conversation (text turn, audio turn, function-call turn) with a summary printed per turn."""
+holding a short conversation (text turn, audio turn, function-call turn) with a summary printed per turn, then the
+same client code talking to a Gemini Live model (the simulator's Gemini flavor) through the same gateway."""
 
 from __future__ import annotations
 
@@ -110,6 +111,23 @@ async def _converse(gateway_port: int, session_group: str) -> None:
         await until_done(conn)
 
 
+async def _converse_with_gemini(gateway_port: int) -> None:
+    """The same openai-python code, a model routed to Gemini Live: the gateway translates both ways."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(
+        api_key=DEMO_KEY, base_url=f"http://127.0.0.1:{gateway_port}/v1", websocket_base_url=f"ws://127.0.0.1:{gateway_port}/v1"
+    )
+    async with client.realtime.connect(model="gemini-live") as conn:
+        await conn.session.update(session={"type": "realtime", "output_modalities": ["audio"], "instructions": "Be brief."})
+        print("> Gemini Live turn (model gemini-live, same client code)")
+        await conn.conversation.item.create(item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello, Gemini!"}]})
+        await conn.response.create()
+        async for event in conn:
+            if event.type == "response.done":
+                return
+
+
 async def _print_session_summary(gateway_port: int, session_group: str) -> None:
     """Read the session back from the durable turn log through the admin API."""
     import httpx
@@ -133,13 +151,18 @@ async def _demo(workdir: str) -> int:
     simulator = await _serve(create_simulator_app(SimulatorOptions(pace=4.0)), sim_port)
     config = parse_config(
         {
-            "providers": {"openai": {"base_url": f"http://127.0.0.1:{sim_port}/v1", "api_key": "sk-simulated"}},
+            "providers": {
+                "openai": {"base_url": f"http://127.0.0.1:{sim_port}/v1", "api_key": "sk-simulated"},
+                "gemini": {"kind": "gemini", "base_url": f"http://127.0.0.1:{sim_port}", "api_key": "simulated"},
+            },
+            "default_provider": "openai",
+            "models": {"gemini-live": {"provider": "gemini", "model": "gemini-live-2.5-flash-preview"}},
             "virtual_keys": [{"key": DEMO_KEY, "name": "demo"}],
             "admin_keys": [DEMO_ADMIN_KEY],
             "turn_log": {"store": "sqlite", "sqlite_path": f"{workdir}/turns.db", "spill_path": f"{workdir}/turns.spill.jsonl"},
         }
     )
-    sink = _PrintingSink(expected=4)
+    sink = _PrintingSink(expected=5)
     settings = {k: v for k, v in uvicorn_settings(config.realtime).items() if k.startswith("ws")}
     gateway = await _serve(create_app(config, turn_sinks=[sink]), gateway_port, **settings)
     print(f"simulator on 127.0.0.1:{sim_port} · gateway on 127.0.0.1:{gateway_port} · key {DEMO_KEY}")
@@ -147,6 +170,7 @@ async def _demo(workdir: str) -> int:
     session_group = f"demo-{secrets.token_hex(4)}"
     try:
         await _converse(gateway_port, session_group)
+        await _converse_with_gemini(gateway_port)
         # The turn writer delivers records off the relay path; give it a moment to catch up.
         await asyncio.wait_for(sink.all_written.wait(), 10)
         await _print_session_summary(gateway_port, session_group)
@@ -154,7 +178,7 @@ async def _demo(workdir: str) -> int:
         gateway.should_exit = simulator.should_exit = True
         await asyncio.sleep(0.3)
     print(f"\n{sink.count} turns relayed, priced and logged.")
-    return 0 if sink.count >= 4 else 1
+    return 0 if sink.count >= 5 else 1
 
 
 def run_demo() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,7 +23,7 @@ from bifrost_rt.config import RealtimeConfig
 from bifrost_rt.core import ending as endings
 from bifrost_rt.core.ending import Ending
 from bifrost_rt.core.registry import SessionRegistry
-from bifrost_rt.core.relay import FORWARD, Action, Check, End, Relay, Reply, ToClient, ToUpstream
+from bifrost_rt.core.relay import FORWARD, Action, Check, End, Reconnect, Relay, Reply, ToClient, ToUpstream
 from bifrost_rt.errors import RealtimeError
 
 logger = logging.getLogger("bifrost_rt.ws")
@@ -68,12 +69,22 @@ async def connect_upstream(url: str, headers: dict[str, str], limits: RealtimeCo
         raise UpstreamRefused(errors.upstream_unavailable()) from None
 
 
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """How the provider's next connection is opened (the relay's `Reconnect`) and how long the switch may take."""
+
+    connect: Callable[[], Awaitable[ClientConnection]]
+    buffer_bytes: int  # client input held meanwhile; more ends the session (`reconnect_buffer_full`)
+    first_message_timeout_s: float
+    opening_after_s: float  # the provider waits for its configuration: sent by then if the client said nothing
+
+
 class WebSocketRelay:
     """One relayed WebSocket session; a `LiveSession` for the registry."""
 
     def __init__(
         self, relay: Relay, upstream: ClientConnection, receive: Receive, send: Send, scope: dict[str, Any],
-        registry: SessionRegistry, close_timeout_s: float,
+        registry: SessionRegistry, close_timeout_s: float, renewal: Renewal | None = None,
     ) -> None:
         self.relay = relay
         self.session = relay.session
@@ -85,6 +96,9 @@ class WebSocketRelay:
         self._close_timeout_s = close_timeout_s
         self.in_client_send = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._renewal = renewal
+        self._held: list[str | bytes] | None = None  # client messages while the next provider connection opens
+        self._held_bytes = 0
 
     # ---- LiveSession ---------------------------------------------------------------------------
 
@@ -110,6 +124,8 @@ class WebSocketRelay:
         self.relay.start()
         loops = [asyncio.create_task(self._client_to_upstream()), asyncio.create_task(self._upstream_to_client())]
         self._tasks.update(loops)
+        if self._renewal is not None:
+            self._spawn(self._open_provider(self._renewal.opening_after_s))
         try:
             try:
                 done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
@@ -142,7 +158,6 @@ class WebSocketRelay:
 
     async def _client_to_upstream(self) -> Ending:
         receive = self.receive
-        send_upstream = self.upstream.send
         from_client = self.relay.from_client
         while True:
             message = await receive()
@@ -155,24 +170,30 @@ class WebSocketRelay:
                     continue
             actions = from_client(data)
             try:
-                if actions is FORWARD:
-                    await send_upstream(data)
+                if actions is FORWARD and self._held is None:
+                    await self.upstream.send(data)
+                elif actions is FORWARD:
+                    ending = self._hold(data)
+                    if ending is not None:
+                        return ending
                 else:
                     ending = await self._perform(actions)
                     if ending is not None:
                         return ending
             except ConnectionClosed as exc:
-                return _upstream_closed(exc)
+                return self._provider_closed(exc)
 
     async def _upstream_to_client(self) -> Ending:
-        recv = self.upstream.recv
         send = self.send
         from_server = self.relay.from_server
         while True:
+            connection = self.upstream  # read anew each time: a Reconnect replaces the connection
             try:
-                frame = await recv()
+                frame = await connection.recv()
             except ConnectionClosed as exc:
-                return _upstream_closed(exc)
+                if connection is not self.upstream:  # the replaced connection closing, as it should
+                    continue
+                return self._provider_closed(exc)
             actions = from_server(frame)
             self.in_client_send = True
             try:
@@ -185,7 +206,7 @@ class WebSocketRelay:
             except OSError:
                 return endings.client_gone()
             except ConnectionClosed as exc:
-                return _upstream_closed(exc)
+                return self._provider_closed(exc)
             finally:
                 self.in_client_send = False
 
@@ -193,7 +214,12 @@ class WebSocketRelay:
         for action in actions:
             kind = action.__class__
             if kind is ToUpstream:
-                await self.upstream.send(action.message)  # type: ignore[union-attr]
+                if self._held is None:
+                    await self.upstream.send(action.message)  # type: ignore[union-attr]
+                else:
+                    ending = self._hold(action.message)  # type: ignore[union-attr]
+                    if ending is not None:
+                        return ending
             elif kind is ToClient or kind is Reply:
                 await self._send_client(action.message)  # type: ignore[union-attr]
             elif kind is Check:
@@ -208,7 +234,70 @@ class WebSocketRelay:
                     task.add_done_callback(self._tasks.discard)
             elif kind is End:
                 return action.ending  # type: ignore[union-attr]
+            elif kind is Reconnect:
+                ending = await self._reconnect(action)  # type: ignore[arg-type]
+                if ending is not None:
+                    return ending
         return None
+
+    def _hold(self, message: str | bytes) -> Ending | None:
+        assert self._held is not None and self._renewal is not None
+        self._held_bytes += len(message)
+        if self._held_bytes > self._renewal.buffer_bytes:
+            return endings.stopped(errors.reconnect_buffer_full(self._renewal.buffer_bytes), errors.CLOSE_GOING_AWAY)
+        self._held.append(message)
+        return None
+
+    async def _reconnect(self, action: Reconnect) -> Ending | None:
+        """The provider's next connection replaces this one between turns; client input waits for it (bounded)."""
+        renewal = self._renewal
+        if renewal is None:
+            return self.relay.reconnect_failed("this transport cannot renew the provider connection")
+        self._held, self._held_bytes = [], 0
+        try:
+            fresh = await renewal.connect()
+        except UpstreamRefused as refused:
+            return self.relay.reconnect_failed(refused.error.message.rstrip("."))
+        try:
+            for message in action.opening:
+                await fresh.send(message)
+            first = await asyncio.wait_for(fresh.recv(), renewal.first_message_timeout_s)
+        except (ConnectionClosed, OSError, asyncio.TimeoutError):
+            fresh.transport.abort()
+            return self.relay.reconnect_failed("the new connection was not set up")
+        previous, self.upstream = self.upstream, fresh
+        self._spawn(self._close_previous(previous))
+        ending = await self._perform(self.relay.reconnected(first))
+        if ending is not None:
+            return ending
+        held = self._held
+        while held:  # what arrives meanwhile is appended here and sent too, in order
+            await fresh.send(held.pop(0))
+        self._held = None
+        return None
+
+    async def _open_provider(self, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        try:
+            ending = await self._perform(self.relay.opening())
+        except (OSError, ConnectionClosed):
+            return
+        if ending is not None:
+            self._finish(ending)
+
+    async def _close_previous(self, previous: ClientConnection) -> None:
+        try:
+            await asyncio.wait_for(previous.close(), self._close_timeout_s)
+        except Exception:
+            previous.transport.abort()
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _provider_closed(self, exc: ConnectionClosed) -> Ending:
+        return self.relay.provider_closed(*_close_of(exc))
 
     async def _check_started(self, check: Check) -> None:
         try:
@@ -256,6 +345,6 @@ class WebSocketRelay:
             self.upstream.transport.abort()
 
 
-def _upstream_closed(exc: ConnectionClosed) -> Ending:
+def _close_of(exc: ConnectionClosed) -> tuple[int | None, str]:
     close = exc.rcvd
-    return endings.upstream_closed(None if close is None else close.code, "" if close is None else close.reason)
+    return (None, "") if close is None else (close.code, close.reason)

@@ -81,8 +81,9 @@ def summarize(targets: list[str], runs: list[dict[str, Any]], latencies: dict[st
 
 
 # The gateway as shipped (turn accounting, log lines), with governance and the SQLite turn log on, serving
-# beta-protocol clients (every event translated between beta and GA), and recording turn audio.
-RELAYS = ("gateway", "governed", "beta", "recording")
+# beta-protocol clients (every event translated between beta and GA), recording turn audio, and in front of
+# Gemini Live (every append resampled to 16 kHz, every event translated).
+RELAYS = ("gateway", "governed", "beta", "recording", "gemini")
 
 
 def _ratios(runs: list[dict[str, Any]], medians: dict[str, dict[str, float]], relay: str) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from bifrost_rt.tools.bench.load import Counts, Meter, Target
 from bifrost_rt.tools.bench.procs import BenchError, Child, Children, can_pin, free_port, python_module
 
 RELAY_CPU, LOAD_CPU = 1, 0
-TARGETS = ("direct", "floor", "gateway", "governed", "beta", "recording")
+TARGETS = ("direct", "floor", "gateway", "governed", "beta", "recording", "gemini")
 DEFAULT_TARGETS = ("direct", "floor", "gateway", "beta")
 MODEL = "gpt-realtime"
 SIM_KEY, GATEWAY_KEY = "sk-sim", "sk-bf-bench"
@@ -57,7 +57,25 @@ virtual_keys:
 {extra}"""
 # `gateway`: turn accounting with one log line per turn. `governed`: the same plus a budget, rate limits and a
 # session cap on the key (in memory, or on Redis with --redis-url) and the durable SQLite turn log. `beta`: the
-# gateway as shipped, its clients on the beta protocol, so every event is translated to GA and back.
+# gateway as shipped, its clients on the beta protocol, so every event is translated to GA and back. `gemini`: the
+# gateway in front of the simulator's Gemini Live flavor, so every append is resampled to 16 kHz and every event
+# translated (no latency phase: Gemini's messages carry no send stamps).
+GEMINI_CONFIG = """\
+providers:
+  gemini:
+    kind: gemini
+    base_url: http://127.0.0.1:{sim_port}
+    api_key: {sim_key}
+    gemini: {{setup_wait_ms: 0}}
+models:
+  {model}: {{provider: gemini, model: gemini-live-2.5-flash-preview}}
+virtual_keys:
+  - key: {gateway_key}
+    name: bench
+turn_log:
+  store: none
+"""
+GEMINI_MODEL = "gemini-live"
 PLAIN_TURN_LOG = "  store: none"
 GOVERNED_POLICY = """\
     budget: {{usd: 1000000, period: month}}
@@ -111,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     full = Params()
     parser.add_argument("--redis-url", help="Redis for the governed target's counters (default: in memory)")
     parser.add_argument("--targets", default=None,
-                        help="comma-separated subset of direct,floor,gateway,governed,beta,recording "
+                        help="comma-separated subset of direct,floor,gateway,governed,beta,recording,gemini "
                              "(default: direct,floor,gateway,beta; "
                              "with --webrtc: direct,gateway)")
     for f in fields(Params):
@@ -240,6 +258,8 @@ async def _measure_all(p: Params, names: list[str], pin: bool, workdir: Path, re
 
         latency = {}
         for name in names:
+            if name == "gemini":
+                continue
             target, relay = paced[name]
             samples = await _bounded(p, name, "latency",
                                      load.latency(target, p.latency_sessions, p.latency_responses), relay)
@@ -272,29 +292,33 @@ def _start_stack(children: Children, workdir: Path, names: list[str], label: str
         floor = children.start(f"floor-{label}", python_module(
             "bifrost_rt.tools.bench.floor", "--port", port, "--upstream", upstream, "--api-key", SIM_KEY), port, RELAY_CPU)
         stack["floor"] = (Target("floor", _url(port), SIM_KEY), floor)
-    for relay in ("gateway", "governed", "beta", "recording"):
+    for relay in ("gateway", "governed", "beta", "recording", "gemini"):
         if relay not in names:
             continue
         port = free_port()
         config = workdir / f"{relay}-{label}.yaml"
         extra = ""
-        if relay in ("gateway", "beta"):
+        if relay in ("gateway", "beta", "gemini"):
             policy, turn_log = "", PLAIN_TURN_LOG
         elif relay == "recording":
             policy, turn_log, extra = RECORDING_POLICY, PLAIN_TURN_LOG, RECORDING_AUDIO.format(path=workdir / relay / label / "audio")
         else:
             store = f"store:\n  redis_url: {redis_url}\n" if redis_url else ""
             policy, turn_log = GOVERNED_POLICY.format(store=store), GOVERNED_TURN_LOG.format(path=workdir / relay / label)
-        config.write_text(GATEWAY_CONFIG.format(sim_port=sim_port, sim_key=SIM_KEY, gateway_key=GATEWAY_KEY, policy=policy, turn_log=turn_log,
-                                             extra=extra))
+        if relay == "gemini":
+            config.write_text(GEMINI_CONFIG.format(sim_port=sim_port, sim_key=SIM_KEY, gateway_key=GATEWAY_KEY, model=GEMINI_MODEL))
+        else:
+            config.write_text(GATEWAY_CONFIG.format(sim_port=sim_port, sim_key=SIM_KEY, gateway_key=GATEWAY_KEY, policy=policy, turn_log=turn_log,
+                                                 extra=extra))
         gateway = children.start(f"{relay}-{label}", python_module(
             "bifrost_rt.cli", "serve", "--config", config, "--host", "127.0.0.1", "--port", port), port, RELAY_CPU)
-        stack[relay] = (Target(relay, _url(port), GATEWAY_KEY, beta=relay == "beta"), gateway)
+        url = _url(port, GEMINI_MODEL if relay == "gemini" else MODEL)
+        stack[relay] = (Target(relay, url, GATEWAY_KEY, beta=relay == "beta"), gateway)
     return stack
 
 
-def _url(port: int) -> str:
-    return f"ws://127.0.0.1:{port}/v1/realtime?model={MODEL}"
+def _url(port: int, model: str = MODEL) -> str:
+    return f"ws://127.0.0.1:{port}/v1/realtime?model={model}"
 
 
 async def _phase(p: Params, relay: Child, name: str, repeat: int, phase: str,

@@ -1,6 +1,6 @@
 """The simulator's ASGI app: WebSocket `/v1/realtime` (and `/realtime`), `POST /v1/realtime/client_secrets`,
 WebRTC calls `POST /v1/realtime/calls` and `POST /v1/realtime/calls/{call_id}/hangup` (also without `/v1`),
-`GET /healthz`.
+`GET /healthz`, and Gemini Live's `BidiGenerateContent` WebSocket (gemini.py) beside them.
 
 Handshake failures follow the API: the upgrade succeeds, then an `error` event and an application close code
 (3000 for credentials, 4000 for the retired beta shape) with reason `<error.type>.<error.code>`.
@@ -31,7 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.config import WS_PROTOCOLS
 
 from bifrost_rt.rtc.offers import OfferError, read_offer
-from bifrost_rt.tools.simulator import azure, beta
+from bifrost_rt.tools.simulator import azure, beta, gemini
 from bifrost_rt.tools.simulator.azure import AzureRefusal
 from bifrost_rt.tools.simulator.config import apply_session_update, fresh_copy, new_realtime_session, new_transcription_session
 from bifrost_rt.tools.simulator.events import ClientError
@@ -49,6 +49,9 @@ _MISSING_KEY_MESSAGE = "Missing bearer or basic authentication in header"
 _WRONG_KEY_MESSAGE = "Incorrect API key provided."
 _SECRET_TTL_S = (10, 7200, 600)  # min, max, default
 MAX_OFFER_BYTES = 64 * 1024
+# Gemini Live (google-genai's `live.py`): the Google AI path for any API version, and Vertex AI's.
+GEMINI_PATH = "/ws/google.ai.generativelanguage.{version}.GenerativeService.BidiGenerateContent"
+GEMINI_VERTEX_PATH = "/ws/google.cloud.aiplatform.{version}.LlmBidiService/BidiGenerateContent"
 
 
 class ClientSecrets:
@@ -204,6 +207,7 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
     secrets = ClientSecrets()
     calls = Calls(options)
     live_sessions = 0
+    gemini_handles: dict[str, gemini.Conversation] = {}
 
     def key_status(key: str) -> tuple[bool, dict[str, Any] | None]:
         """(accepted, the client secret's session when the key is one)."""
@@ -260,6 +264,14 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
         finally:
             live_sessions -= 1
             await session.stop()
+
+    async def gemini_live(websocket: WebSocket) -> None:
+        nonlocal live_sessions
+        live_sessions += 1
+        try:
+            await gemini.serve(websocket, options, gemini_handles)
+        finally:
+            live_sessions -= 1
 
     def azure_key(headers: Headers, query: Any) -> dict[str, Any] | None:
         """The client secret's session when the key is one; raises AzureRefusal for a missing or wrong key."""
@@ -438,7 +450,9 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
             Route("/realtime/calls/{call_id}/hangup", hangup, methods=["POST"]),
         ]
         middleware = [Middleware(_ExposeTransport)]
-    return Starlette(routes=[*routes, Route("/healthz", healthz)], middleware=middleware, lifespan=lifespan)
+    # Gemini Live's paths do not collide with either flavor's: every simulator also plays Gemini.
+    gemini_routes = [WebSocketRoute(GEMINI_PATH, gemini_live), WebSocketRoute(GEMINI_VERTEX_PATH, gemini_live)]
+    return Starlette(routes=[*routes, *gemini_routes, Route("/healthz", healthz)], middleware=middleware, lifespan=lifespan)
 
 
 def websocket_implementation() -> str:

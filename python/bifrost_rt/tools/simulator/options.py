@@ -73,6 +73,15 @@ class SimulatorOptions(BaseModel):
     azure_region: str = "swedencentral"
     """Azure flavor: the `x-ms-region` header of every answer."""
 
+    gemini_binary_frames: bool = True
+    """Gemini Live messages go out as binary frames holding UTF-8 JSON, as the service sends them; False: text."""
+    gemini_go_away_after_turns: int | None = Field(None, ge=1)
+    """A Gemini Live connection sends `goAway` after this many turns and closes `gemini_go_away_ms` later."""
+    gemini_go_away_ms: int = Field(1000, ge=0, le=600_000)
+    """The `goAway.timeLeft` before the connection closes."""
+    gemini_stall_resumed: bool = False
+    """A fault: a connection resuming with a handle never gets its `setupComplete`."""
+
     @field_validator("fault")
     @classmethod
     def _check_fault(cls, value: str | None) -> str | None:
