@@ -11,7 +11,7 @@ from bifrost_rt.core.relay import Check, End, Reconnect, Relay, ToClient, ToUpst
 from bifrost_rt.core.session import RealtimeSession
 from bifrost_rt.dialects import for_provider
 from bifrost_rt.policy.auth import Authenticator
-from bifrost_rt.policy.hooks import HookPipeline
+from bifrost_rt.policy.hooks import Decision, HookPipeline, Plugin
 from bifrost_rt.policy.pricing import PriceTable
 from bifrost_rt.providers import ModelResolver
 from bifrost_rt.records import TurnRecord
@@ -27,7 +27,16 @@ class Records:
         self.records.append(record)
 
 
-def gemini_relay() -> tuple[Relay, Records]:
+class Checking(Plugin):
+    """A plugin with a pre-turn check, so the relay holds each `response.create` for a decision."""
+
+    name = "checking"
+
+    async def pre_turn(self, request: Any) -> None:  # pragma: no cover - the relay never awaits in these tests
+        return None
+
+
+def gemini_relay(checks: bool = False) -> tuple[Relay, Records]:
     config = parse_config({
         "providers": {"gemini": {"kind": "gemini", "api_key": "g"}},
         "models": {"gemini-live": {"provider": "gemini", "model": "gemini-live-2.5-flash-preview"}},
@@ -37,7 +46,7 @@ def gemini_relay() -> tuple[Relay, Records]:
     route = ModelResolver(config).resolve("gemini-live")
     assert principal is not None and route is not None and route.dialect == "gemini"
     records = Records()
-    hooks = HookPipeline([])
+    hooks = HookPipeline([Checking()] if checks else [])
     session = RealtimeSession(
         principal=principal, route=route, transport="test", session_group=None, limits=config.realtime,
         prices=PriceTable(), writer=records, hooks=hooks,  # type: ignore[arg-type]
@@ -56,9 +65,14 @@ def gemini(**message: Any) -> bytes:
 USAGE = {"promptTokenCount": 10, "responseTokenCount": 4, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 10}]}
 
 
-def upstream(actions: tuple[Any, ...]) -> list[dict[str, Any]]:
-    sent = [a.message for a in actions if isinstance(a, ToUpstream)]
-    sent += [m for a in actions if isinstance(a, Check) for m in (x.message for x in a.then)]
+def upstream(actions: tuple[Any, ...], relay: Relay | None = None) -> list[dict[str, Any]]:
+    """What goes to Gemini, in order; a held `response.create` is allowed through `relay`."""
+    sent: list[Any] = []
+    for action in actions:
+        if isinstance(action, ToUpstream):
+            sent.append(action.message)
+        elif isinstance(action, Check) and relay is not None:
+            sent += [a.message for a in relay.checked(action, Decision.allow()) if isinstance(a, ToUpstream)]
     return [json.loads(m) for m in sent]
 
 
@@ -176,6 +190,20 @@ async def test_the_gemini_provider_url_and_credentials() -> None:
     assert await vertex.upstream_headers({}, []) == {"Authorization": "Bearer ya29.token"}
 
 
+def test_a_refused_turn_leaves_its_text_for_the_next_allowed_one() -> None:
+    relay, records = gemini_relay(checks=True)
+    open_session(relay)
+    assert upstream(relay.from_client(client("conversation.item.create", item={
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "still here"}]}))) == []
+    (held,) = [a for a in relay.from_client(client("response.create", event_id="first")) if isinstance(a, Check)]
+    denied = relay.checked(held, Decision("deny", code="budget_exceeded", message="No budget."))
+    assert not [a for a in denied if isinstance(a, ToUpstream)]  # nothing reached Gemini for the refused turn
+    (retry,) = [a for a in relay.from_client(client("response.create")) if isinstance(a, Check)]
+    sent = [json.loads(a.message) for a in relay.checked(retry, Decision.allow()) if isinstance(a, ToUpstream)]
+    assert sent == [{"clientContent": {"turns": [{"role": "user", "parts": [{"text": "still here"}]}], "turnComplete": True}}]
+    assert records.records[0].status == "refused"
+
+
 def test_every_message_sent_to_gemini_validates_against_google_genai_types() -> None:
     from google.genai import types
 
@@ -192,10 +220,10 @@ def test_every_message_sent_to_gemini_validates_against_google_genai_types() -> 
         client("conversation.item.create", item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "x"}]}),
         client("response.create"),
     ):
-        sent += upstream(relay.from_client(event))
+        sent += upstream(relay.from_client(event), relay)
     relay.from_server(gemini(toolCall={"functionCalls": [{"id": "c1", "name": "get_weather", "args": {}}]}))
     sent += upstream(relay.from_client(client("conversation.item.create", item={"type": "function_call_output", "call_id": "c1", "output": "{}"})))
-    sent += upstream(relay.from_client(client("response.create")))
+    sent += upstream(relay.from_client(client("response.create")), relay)
     # activityStart, the audio; at response.create the text (turn not complete) and activityEnd; the tool response
     # alone (Gemini goes on by itself).
     assert [next(iter(m)) for m in sent] == ["setup", "realtimeInput", "realtimeInput", "clientContent", "realtimeInput", "toolResponse"]

@@ -45,12 +45,14 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """Plugins must decide on this turn first. A client's `response.create` is held (`then` is sent if allowed);
-    a turn the provider started (`response_id` set) is already running and can only be cancelled."""
+    """Plugins must decide on this turn first. A client's `response.create` is held (`then` is sent if allowed;
+    for a translating provider dialect, `event` is translated only then, so a stateful dialect never acts on a
+    refused turn); a turn the provider started (`response_id` set) is already running and can only be cancelled."""
 
     request: TurnRequest
     then: tuple[Action, ...] = ()
     response_id: str | None = None
+    event: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,24 +156,28 @@ class Relay:
         actions: list[Action] = []
         for event in events:
             request = self.session.on_client_frame(event)
-            try:
-                upstream = tuple(ToUpstream(m) for m in self._upstream.outbound(event))
-            except Untranslatable as refused:
-                # The provider's side refuses it: the core sees the error as the provider's, so the refused
-                # request or item is forgotten, exactly as for an OpenAI server's error.
-                actions.extend(self._from_provider([*self._upstream.answers(), refused.error.event(_event_id(event))]))
-                continue
             if request is None:
-                actions.extend(upstream)
+                actions.extend(self._to_provider(event))
+            elif self._upstream.identity:
+                actions.append(Check(request, tuple(ToUpstream(m) for m in self._upstream.outbound(event))))
             else:
-                actions.append(Check(request, upstream))
-            actions.extend(self._from_provider(self._upstream.answers()))
+                actions.append(Check(request, event=event))
         return self._with_reconnect(tuple(actions))
+
+    def _to_provider(self, event: str) -> tuple[Action, ...]:
+        """A GA event for the provider, in its dialect, with whatever its dialect answers the client at once."""
+        try:
+            upstream = tuple(ToUpstream(m) for m in self._upstream.outbound(event))
+        except Untranslatable as refused:
+            # The provider's side refuses it: the core sees the error as the provider's, so the refused
+            # request or item is forgotten, exactly as for an OpenAI server's error.
+            return self._from_provider([*self._upstream.answers(), refused.error.event(_event_id(event))])
+        return (*upstream, *self._from_provider(self._upstream.answers()))
 
     def checked(self, check: Check, decision: Decision) -> tuple[Action, ...]:
         """What follows the plugins' decision on `check`."""
         if decision.allowed:
-            return check.then
+            return check.then if check.event is None else self._with_reconnect(self._to_provider(check.event))
         refusal = decision.as_error()
         if check.response_id is not None:  # a turn already running: cancel it if it still is
             if decision.action == "disconnect":
