@@ -51,8 +51,8 @@ START_TIMEOUT_S = 30.0
 CALLS_PATH = "/v1/realtime/calls?model=gpt-realtime"
 # Calls are the costly part (two peer connections each on this machine's two cores): 20 calls, each watched by
 # five sideband sockets in turn, give 100 sideband and 20 hangup requests through the balancer.
-CALLS = 20
-SIDEBANDS_PER_CALL = 5
+CALLS = 100
+SIDEBANDS_PER_CALL = 1
 
 
 def gateway_config(directory: Path, host: str, port: int, forward_port: int | None, upstream: str, redis_url: str, dsn: str, **server: Any) -> Path:
