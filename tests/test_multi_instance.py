@@ -49,8 +49,8 @@ SEALING_SECRET = "client-secret-sealing-key-of-the-tests"
 HOSTS = ("127.0.0.2", "127.0.0.3")
 START_TIMEOUT_S = 30.0
 CALLS_PATH = "/v1/realtime/calls?model=gpt-realtime"
-# Calls are the costly part (two peer connections each on this machine's two cores): 20 calls, each watched by
-# five sideband sockets in turn, give 100 sideband and 20 hangup requests through the balancer.
+# 100 calls, placed ten at a time, each watched by one sideband socket and then hung up, give 100 sideband and
+# 100 hangup requests through the balancer.
 CALLS = 100
 SIDEBANDS_PER_CALL = 1
 
