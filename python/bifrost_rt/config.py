@@ -66,6 +66,42 @@ class TeamPolicy(_Strict):
     max_sessions: int | None = Field(None, ge=1)
 
 
+class WarmPoolConfig(_Strict):
+    """Upstream sessions opened ahead of demand, already past `session.created` (docs/ARCHITECTURE.md, Warm pool).
+
+    Each idle session is a live session at the provider: it holds a connection and counts against the provider
+    account's concurrent sessions, though it bills nothing until a caller uses it.
+    """
+
+    min_size: int = Field(1, ge=0, description="sessions kept ready per pool key, whatever the demand")
+    max_size: int = Field(4, ge=1, description="most sessions kept ready per pool key")
+    demand_window_s: float = Field(
+        30.0, gt=0, description="a pool holds as many sessions as were asked for in this window, within min and max"
+    )
+    models: list[str] = Field(
+        default_factory=list, description="on a provider: models warmed from the start (others once first asked for)"
+    )
+    max_age_s: float = Field(3600.0, gt=0, description="the provider's longest session (OpenAI: 60 min)")
+    recycle_after_s: float = Field(
+        600.0, gt=0, description="an unclaimed session this old is replaced, so a caller gets at least max_age_s - this"
+    )
+    key_idle_ttl_s: float = Field(
+        600.0, gt=0, description="a pool opened for a URL or headers callers asked for is closed after this long unasked"
+    )
+    max_keys: int = Field(16, ge=1, description="pools opened for what callers asked for, per provider or model")
+    refill_concurrency: int = Field(2, ge=1, description="upstream connects in flight per pool key")
+    backoff_initial_s: float = Field(0.5, gt=0, description="after a failed connect; doubles per failure")
+    backoff_max_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WarmPoolConfig:
+        if self.min_size > self.max_size:
+            raise ValueError("min_size must not exceed max_size")
+        if self.recycle_after_s >= self.max_age_s:
+            raise ValueError("recycle_after_s must be below max_age_s: a caller would get an expiring session")
+        return self
+
+
 class EntraTokenConfig(_Strict):
     """An Entra ID bearer token for an Azure OpenAI resource: a fixed value, a file, or a command's output.
 
@@ -104,6 +140,7 @@ class ProviderConfig(_Strict):
         "ga", description="Azure only: /openai/v1/realtime?model= (GA events) or /openai/realtime?api-version=&deployment= (beta events)"
     )
     api_version: str = Field("2025-04-01-preview", description="Azure preview form only: the api-version query parameter")
+    warm_pool: WarmPoolConfig | None = Field(None, description="off unless set: upstream sessions opened ahead of demand")
 
     @field_validator("base_url")
     @classmethod
@@ -131,6 +168,7 @@ class ModelRoute(_Strict):
     priced_as: str | None = Field(
         default=None, description="the price table's model for this route (what an Azure deployment serves); default: the upstream model if priced, else the client's name"
     )
+    warm_pool: WarmPoolConfig | None = Field(None, description="this model's own pool, instead of the provider's")
 
 
 class VirtualKeyConfig(_Strict):

@@ -17,6 +17,7 @@ from bifrost_rt.policy.client_secrets import ClientSecrets
 from bifrost_rt.policy.governance import Governance
 from bifrost_rt.policy.hooks import HookPipeline
 from bifrost_rt.providers import ModelResolver, Route
+from bifrost_rt.wire.pool import WarmPool
 
 
 class Services(Protocol):
@@ -28,6 +29,7 @@ class Services(Protocol):
     hooks: HookPipeline
     client_secrets: ClientSecrets | None
     http: httpx.AsyncClient
+    pool: WarmPool
 
     def new_session(
         self, *, principal: Principal, route: Route, transport: str, session_group: str | None, session_id: str | None = None
