@@ -21,9 +21,10 @@ import websockets
 from openai import AsyncOpenAI
 from websockets.exceptions import ConnectionClosed
 
+from bifrost_rt.config import ConfigError, parse_config
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
 
-from conftest import PROVIDER_KEY, VIRTUAL_KEY, recv_json
+from conftest import PROVIDER_KEY, VIRTUAL_KEY, gateway_config, recv_json
 from servers import ServerThread
 
 OTHER_PROVIDER_KEY = "sk-provider-b-never-shown"
@@ -236,3 +237,42 @@ async def test_a_pooled_session_only_reaches_callers_of_its_own_credential(sim, 
     by_session = {c["session_id"]: c["credential_sha256"] for c in await sim_connections(sim)}
     assert by_session[session_id] not in (fingerprint(PROVIDER_KEY), fingerprint(OTHER_PROVIDER_KEY))
     assert await metric(server, "hits", "openai") == 1 and await metric(server, "misses", "openai") == 0
+
+
+async def test_a_pool_learned_from_callers_closes_when_they_stop_asking(sim, start_gateway):
+    pool = pooled_provider(sim, min_size=1, models=[], key_idle_ttl_s=1.0)
+    server, _ = start_gateway(f"{sim.url}/v1", providers={"openai": pool})
+    async with client(server).realtime.connect(model="gpt-realtime") as conn:
+        asked = (await conn.recv()).session.id
+    await pool_holds(server, 1)
+    await pool_holds(server, 0)  # nobody asked again within key_idle_ttl_s
+
+    async def all_closed() -> bool:
+        return not [c for c in await sim_connections(sim) if c["open"]]
+
+    await eventually(all_closed, "the learned pool's sessions closed at the provider")
+    assert asked in {c["session_id"] for c in await sim_connections(sim)}
+
+
+async def test_stopping_the_gateway_closes_its_pooled_sessions_at_the_provider(sim, start_gateway):
+    server, _ = start_gateway(f"{sim.url}/v1", providers={"openai": pooled_provider(sim, min_size=2)})
+    await pool_holds(server, 2)
+    assert len([c for c in await sim_connections(sim) if c["open"]]) == 2
+    server.stop()
+
+    async def all_closed() -> bool:
+        return not [c for c in await sim_connections(sim) if c["open"]]
+
+    await eventually(all_closed, "pooled sessions closed on shutdown")
+
+
+@pytest.mark.parametrize(("pool", "message"), [
+    ({"min_size": 5, "max_size": 2}, "min_size must not exceed max_size"),
+    ({"recycle_after_s": 3600, "max_age_s": 3600}, "recycle_after_s must be below max_age_s"),
+])
+def test_inconsistent_pool_settings_are_refused_naming_the_field(pool, message):
+    config = gateway_config("http://127.0.0.1:1/v1")
+    config["providers"]["openai"]["warm_pool"] = pool
+    with pytest.raises(ConfigError, match=message) as refused:
+        parse_config(config)
+    assert "providers.openai.warm_pool" in str(refused.value)

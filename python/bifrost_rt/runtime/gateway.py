@@ -175,11 +175,12 @@ class Gateway:
         await self.pool.start()
 
     async def drain(self) -> None:
+        await self.pool.close()  # draining admits no one: idle pooled sessions would only hold the provider
         await self.registry.drain(self.config.realtime.shutdown_drain_s)
 
     async def stop(self) -> None:
         """Drain sessions (if the server has not already), then deliver every queued turn record and charge."""
-        await self.pool.close()  # no new session will claim one, and idle ones would only hold the provider
+        await self.pool.close()
         if len(self.registry):
             await self.drain()
         await self.registry.close()

@@ -143,9 +143,19 @@ class KeyPool:
             return False
         return time.monotonic() - warm.opened_at < self.config.recycle_after_s
 
+    @property
+    def unasked(self) -> bool:
+        """A learned key no caller has asked for in `key_idle_ttl_s`: its pool closes."""
+        return self.learned and time.monotonic() - self.last_demand > self.config.key_idle_ttl_s
+
     async def _keep(self) -> None:
         while True:
             now = time.monotonic()
+            if self.unasked:
+                while self._idle:
+                    self._stats.recycled += 1
+                    self._discard(self._idle.popleft())
+                return
             self._recycle(now)
             target = self.target(now)
             if now >= self._retry_at:
@@ -304,7 +314,7 @@ class WarmPool:
         stats = self.stats.setdefault(route.provider_name, PoolStats())
         key = pool_key(route.provider_name, url, headers)
         pool = self._pools.get(key)
-        if pool is None:
+        if pool is None or pool.unasked:
             self._close_unasked()
             if self._learned(config) < config.max_keys:
                 self._open_pool(route.provider_name, url, headers, config, learned=True).note_demand()
@@ -322,9 +332,8 @@ class WarmPool:
         return sum(1 for pool in self._pools.values() if pool.learned and pool.config is config)
 
     def _close_unasked(self) -> None:
-        now = time.monotonic()
         for key, pool in list(self._pools.items()):
-            if pool.learned and now - pool.last_demand > pool.config.key_idle_ttl_s:
+            if pool.unasked:
                 del self._pools[key]
                 _background(pool.close())
 
