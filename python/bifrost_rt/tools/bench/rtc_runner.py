@@ -12,6 +12,8 @@ own. Targets: `direct` (caller -> simulator) and `gateway` (caller -> gateway ->
              full media (as in the latency phase) and once with lean media (as in the ramp)
     ramp     `--ramp` call counts in turn, until packets are lost, the gateway's core is full, or this process's
              core is (then the gateway was not the limit and the count is a lower bound)
+    caller   calls one after another to a second simulator `--caller-rtt-ms` away (an emulated WAN on its
+             signalling only): POST -> 201 and POST -> first audio packet
 
 Full media is aiortc at both ends, the simulator encoding and decoding Opus; it costs this process about three
 times what the gateway spends per call, so the ramp uses lean media (bench/rtc.py), which the gateway handles the
@@ -118,8 +120,8 @@ _SHARED = {"repeat", "phase_timeout", "caller_rtt_ms"}  # flags the WebSocket be
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("WebRTC (--webrtc)", "--repeat, --phase-timeout, --quick, --pin, --output "
-                                      "and --targets (direct,gateway) apply too")
+    group = parser.add_argument_group("WebRTC (--webrtc)", "--repeat, --phase-timeout, --caller-rtt-ms, --quick, "
+                                      "--pin, --output and --targets (direct,gateway) apply too")
     group.add_argument("--webrtc", action="store_true",
                        help="benchmark WebRTC calls (audio latency, CPU per call, capacity, setup) instead")
     full = RtcParams()
