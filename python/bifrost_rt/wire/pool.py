@@ -77,10 +77,16 @@ class KeyPool:
     def __init__(
         self, key: PoolKey, url: str, headers: dict[str, str], config: WarmPoolConfig, limits: RealtimeConfig,
         stats: PoolStats, connect: Connect, *, learned: bool,
+        current_headers: Callable[[], Awaitable[dict[str, str]]] | None = None,
+        rotated: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
         self.key, self.url, self._headers = key, url, headers
         self.config, self._limits, self._stats, self._connect = config, limits, stats, connect
         self.learned = learned  # opened for what a caller asked for (closed when no longer asked), not configured
+        # A configured pool re-reads its headers before each connect: a credential that rotates (an Entra token)
+        # makes a new key, so this pool retires and `rotated` opens the one for the new headers.
+        self._current_headers, self._rotated = current_headers, rotated
+        self.retired = False
         self._idle: deque[_Warm] = deque()
         self._connects: set[asyncio.Task[None]] = set()
         self._demand: deque[float] = deque()
@@ -146,7 +152,7 @@ class KeyPool:
     @property
     def unasked(self) -> bool:
         """A learned key no caller has asked for in `key_idle_ttl_s`: its pool closes."""
-        return self.learned and time.monotonic() - self.last_demand > self.config.key_idle_ttl_s
+        return self.retired or (self.learned and time.monotonic() - self.last_demand > self.config.key_idle_ttl_s)
 
     async def _keep(self) -> None:
         while True:
@@ -186,6 +192,14 @@ class KeyPool:
 
     async def _open(self) -> None:
         limits = self._limits
+        if self._current_headers is not None and not self.retired:
+            headers = await self._current_headers()
+            if pool_key(self.provider, self.url, headers) != self.key:
+                self.retired = True
+                self._wake.set()
+                if self._rotated is not None:
+                    self._rotated(headers)
+                return
         try:
             socket = await self._connect(self.url, self._headers, limits, self.provider)
         except UpstreamRefused:
@@ -290,15 +304,31 @@ class WarmPool:
         if route is None or config is None:
             logger.warning("warm pool: %s does not resolve to a provider with a pool; not warmed", model)
             return
-        url, headers = route.upstream_url({}), await route.upstream_headers({}, [])
-        self._open_pool(route.provider_name, url, headers, config, learned=False)
+        url = route.upstream_url({})
 
-    def _open_pool(self, provider: str, url: str, headers: dict[str, str], config: WarmPoolConfig, *, learned: bool) -> KeyPool:
+        async def current_headers() -> dict[str, str]:
+            return await route.upstream_headers({}, [])
+
+        def rotated(headers: dict[str, str]) -> None:
+            if self._started:
+                self._close_unasked()
+                self._open_pool(route.provider_name, url, headers, config, learned=False, current_headers=current_headers,
+                                rotated=rotated)
+
+        self._open_pool(route.provider_name, url, await current_headers(), config, learned=False,
+                        current_headers=current_headers, rotated=rotated)
+
+    def _open_pool(
+        self, provider: str, url: str, headers: dict[str, str], config: WarmPoolConfig, *, learned: bool,
+        current_headers: Callable[[], Awaitable[dict[str, str]]] | None = None,
+        rotated: Callable[[dict[str, str]], None] | None = None,
+    ) -> KeyPool:
         key = pool_key(provider, url, headers)
         pool = self._pools.get(key)
-        if pool is None:
+        if pool is None or pool.retired:
             stats = self.stats.setdefault(provider, PoolStats())
-            pool = KeyPool(key, url, headers, config, self._config.realtime, stats, self._connect, learned=learned)
+            pool = KeyPool(key, url, headers, config, self._config.realtime, stats, self._connect, learned=learned,
+                           current_headers=current_headers, rotated=rotated)
             self._pools[key] = pool
             pool.start()
         return pool
