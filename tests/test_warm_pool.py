@@ -276,3 +276,31 @@ def test_inconsistent_pool_settings_are_refused_naming_the_field(pool, message):
     with pytest.raises(ConfigError, match=message) as refused:
         parse_config(config)
     assert "providers.openai.warm_pool" in str(refused.value)
+
+
+async def test_a_rotated_credential_never_reaches_a_caller_through_the_pool(start_gateway, tmp_path):
+    old, new = "entra-token-before", "entra-token-after"
+    options = SimulatorOptions(pace=0, flavor="azure", api_keys=[old, new], azure_deployments={"prod-voice": "gpt-realtime"})
+    token = tmp_path / "token"
+    token.write_text(old)
+    with ServerThread(create_simulator_app(options)) as azure:
+        server, _ = start_gateway(
+            f"{azure.url}/v1",
+            providers={"azure": {"kind": "azure", "base_url": azure.url, "entra": {"token_file": str(token), "refresh_s": 0.001}}},
+            default_provider="azure",
+            models={"gpt-realtime": {"provider": "azure", "model": "prod-voice",
+                                     "warm_pool": {"min_size": 1, "recycle_after_s": 0.5}}},
+        )
+        await pool_holds(server, 1, "azure")
+        assert {c["credential_sha256"] for c in await sim_connections(azure) if c["open"]} == {fingerprint(old)}
+        token.write_text(new)
+
+        async def rewarmed() -> bool:
+            open_sessions = [c for c in await sim_connections(azure) if c["open"]]
+            return bool(open_sessions) and {c["credential_sha256"] for c in open_sessions} == {fingerprint(new)}
+
+        await eventually(rewarmed, "the pool re-warmed with the new token and closed the old sessions")
+        async with await raw_session(server) as ws:
+            created = await recv_json(ws)
+        by_session = {c["session_id"]: c["credential_sha256"] for c in await sim_connections(azure)}
+        assert created["type"] == "session.created" and by_session[created["session"]["id"]] == fingerprint(new)

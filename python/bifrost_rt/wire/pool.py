@@ -296,7 +296,8 @@ class WarmPool:
                 await self._warm_model(name)
         for provider_name, provider in self._config.providers.items():
             for name in provider.warm_pool.models if provider.warm_pool is not None else ():
-                await self._warm_model(name if "/" in name else f"{provider_name}/{name}")
+                known = "/" in name or name in self._config.models  # a configured name, or one of this provider's
+                await self._warm_model(name if known else f"{provider_name}/{name}")
 
     async def _warm_model(self, model: str) -> None:
         route = self._models.resolve(model)
