@@ -57,9 +57,22 @@ def test_quick_bench_writes_a_complete_report(tmp_path, capsys):
     # Quick phases are too short for stable CPU readings, so only the section's presence is checked.
     assert isinstance(report["ratios_gateway_over_floor"], dict)
 
+    # Caller experience over the emulated WAN: every target set sessions up and heard audio; the pooled one's
+    # setup skipped the provider's round trips (100 ms each), which no other target can.
+    caller = report["caller"]
+    assert set(caller) == {"direct", "gateway", "pooled"}
+    for row in caller.values():
+        assert row["sessions"] == params["caller_rounds"]
+        assert 0 < row["setup_p50_ms"] <= row["setup_p99_ms"]
+        assert 0 < row["first_audio_p50_ms"] <= row["first_audio_p99_ms"]
+    assert caller["direct"]["setup_p50_ms"] >= 3 * params["caller_rtt_ms"]
+    assert caller["pooled"]["setup_p50_ms"] < params["caller_rtt_ms"]
+    assert caller["gateway"]["setup_cpu_ms_per_session"] >= 0 and caller["pooled"]["setup_cpu_ms_per_session"] >= 0
+
     table = capsys.readouterr().out
     for target in TARGETS:
         assert target in table
+    assert "caller experience" in table
 
 
 @pytest.mark.slow
@@ -120,8 +133,16 @@ def test_quick_webrtc_bench_writes_a_complete_report(tmp_path, capsys):
     assert report["capacity"]["stopped_by"] in ("end_of_ramp", "loss", "gateway_cpu", "load_generator_cpu")
     assert report["capacity"]["sustained_calls"] in (0, 2)
 
+    # Caller experience: both targets answered and sent audio, the simulator's signalling a round trip away.
+    caller = report["caller"]
+    assert set(caller) == {"direct", "gateway"}
+    for row in caller.values():
+        assert row["answered_ms"]["n"] == row["first_audio_ms"]["n"] == report["params"]["caller_calls"]
+        assert report["params"]["caller_rtt_ms"] <= row["answered_ms"]["p50"] < row["first_audio_ms"]["p50"]
+
     table = capsys.readouterr().out
-    for heading in ("one-way audio latency", "call setup", "gateway CPU per call", "capacity ramp", "added/hop"):
+    for heading in ("one-way audio latency", "call setup", "gateway CPU per call", "capacity ramp", "added/hop",
+                    "caller experience"):
         assert heading in table
 
 

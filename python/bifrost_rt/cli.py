@@ -40,6 +40,10 @@ def _simulate(ns: argparse.Namespace) -> int:
         flavor=ns.flavor,
         gemini_binary_frames=not ns.gemini_text_frames,
         gemini_go_away_after_turns=ns.gemini_go_away_after_turns,
+        rtt_ms=ns.rtt_ms,
+        jitter_ms=ns.jitter_ms,
+        handshake_rtts=ns.handshake_rtts,
+        wan_seed=ns.wan_seed,
     )
     run_simulator(ns.host, ns.port, options)
     return 0
@@ -82,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="play OpenAI's API or an Azure OpenAI resource's (paths, api-key, refusals)")
     simulate.add_argument("--gemini-text-frames", action="store_true", help="Gemini Live messages as text frames")
     simulate.add_argument("--gemini-go-away-after-turns", type=int, help="Gemini Live: goAway after N turns")
+    simulate.add_argument("--rtt-ms", type=float, default=0.0, help="emulated round trip to clients (0: loopback)")
+    simulate.add_argument("--jitter-ms", type=float, default=0.0, help="each one-way delay varies by up to this much")
+    simulate.add_argument("--handshake-rtts", type=int, default=2,
+                          help="round trips a new connection pays before its request (2: TCP + TLS 1.3)")
+    simulate.add_argument("--wan-seed", type=int, help="seed of the emulated delays (repeatable runs)")
     simulate.set_defaults(run=_simulate)
 
     demo = commands.add_parser("demo", help="a conversation through the gateway to the simulator")

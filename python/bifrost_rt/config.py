@@ -83,6 +83,42 @@ class GeminiConfig(_Strict):
     )
 
 
+class WarmPoolConfig(_Strict):
+    """Upstream sessions opened ahead of demand, already past `session.created` (docs/ARCHITECTURE.md, Warm pool).
+
+    Each idle session is a live session at the provider: it holds a connection and counts against the provider
+    account's concurrent sessions, though it bills nothing until a caller uses it.
+    """
+
+    min_size: int = Field(1, ge=0, description="sessions kept ready per pool key, whatever the demand")
+    max_size: int = Field(4, ge=1, description="most sessions kept ready per pool key")
+    demand_window_s: float = Field(
+        30.0, gt=0, description="a pool holds as many sessions as were asked for in this window, within min and max"
+    )
+    models: list[str] = Field(
+        default_factory=list, description="on a provider: models warmed from the start (others once first asked for)"
+    )
+    max_age_s: float = Field(3600.0, gt=0, description="the provider's longest session (OpenAI: 60 min)")
+    recycle_after_s: float = Field(
+        600.0, gt=0, description="an unclaimed session this old is replaced, so a caller gets at least max_age_s - this"
+    )
+    key_idle_ttl_s: float = Field(
+        600.0, gt=0, description="a pool opened for a URL or headers callers asked for is closed after this long unasked"
+    )
+    max_keys: int = Field(16, ge=1, description="pools opened for what callers asked for, per provider or model")
+    refill_concurrency: int = Field(2, ge=1, description="upstream connects in flight per pool key")
+    backoff_initial_s: float = Field(0.5, gt=0, description="after a failed connect; doubles per failure")
+    backoff_max_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WarmPoolConfig:
+        if self.min_size > self.max_size:
+            raise ValueError("min_size must not exceed max_size")
+        if self.recycle_after_s >= self.max_age_s:
+            raise ValueError("recycle_after_s must be below max_age_s: a caller would get an expiring session")
+        return self
+
+
 class EntraTokenConfig(_Strict):
     """An Entra ID bearer token for an Azure OpenAI resource: a fixed value, a file, or a command's output.
 
@@ -124,6 +160,7 @@ class ProviderConfig(_Strict):
     )
     api_version: str = Field("2025-04-01-preview", description="Azure preview form only: the api-version query parameter")
     gemini: GeminiConfig = Field(default_factory=GeminiConfig, description="kind gemini only")
+    warm_pool: WarmPoolConfig | None = Field(None, description="off unless set: upstream sessions opened ahead of demand")
 
     @model_validator(mode="before")
     @classmethod
@@ -147,6 +184,8 @@ class ProviderConfig(_Strict):
                 raise ValueError("an azure provider needs exactly one of api_key or entra")
         elif self.entra is not None or self.url_form != "ga":
             raise ValueError("entra and url_form apply to kind: azure only")
+        if self.kind == "gemini" and self.warm_pool is not None:
+            raise ValueError("warm_pool: a Gemini Live session is set up by the client's first message, so none can be opened ahead")
         return self
 
 
@@ -158,6 +197,7 @@ class ModelRoute(_Strict):
     priced_as: str | None = Field(
         default=None, description="the price table's model for this route (what an Azure deployment serves); default: the upstream model if priced, else the client's name"
     )
+    warm_pool: WarmPoolConfig | None = Field(None, description="this model's own pool, instead of the provider's")
 
 
 class VirtualKeyConfig(_Strict):
@@ -466,6 +506,8 @@ class GatewayConfig(_Strict):
             provider = route if isinstance(route, str) else route.provider
             if provider not in self.providers:
                 raise ValueError(f"models.{name}: unknown provider {provider!r}")
+            if not isinstance(route, str) and route.warm_pool is not None and self.providers[provider].kind == "gemini":
+                raise ValueError(f"models.{name}.warm_pool: a Gemini Live session is set up by the client's first message, so none can be opened ahead")
         seen: set[str] = set()
         names: set[str] = set()
         for index, vk in enumerate(self.virtual_keys):

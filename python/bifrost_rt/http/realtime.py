@@ -1,7 +1,7 @@
 """`GET /v1/realtime` (and its aliases): admits a WebSocket client, then hands it to the WebSocket transport.
 
-Every refusal happens before an upstream connection is opened. The upstream connection is opened before the
-client's handshake completes, so no client frame ever needs buffering.
+Every refusal happens before an upstream connection is opened. The upstream connection is opened (or taken from
+the warm pool, wire/pool.py) before the client's handshake completes, so no client frame ever needs buffering.
 """
 
 from __future__ import annotations
@@ -74,14 +74,19 @@ class RealtimeWebSocketEndpoint:
             await _refuse(send, selected, errors.governance_refusal(refusal.type, refusal.code, refusal.message))
             return
         try:
-            try:
-                upstream = await connect_upstream(
-                    route.upstream_url(query), await route.upstream_headers(headers, subprotocols, upstream_credential), gateway.config.realtime, route.provider_name
-                )
-            except UpstreamRefused as refused:
-                gateway.registry.refuse(refused.error.code or "upstream_unavailable")
-                await _refuse(send, selected, refused.error)
-                return
+            url, upstream_headers = route.upstream_url(query), await route.upstream_headers(headers, subprotocols, upstream_credential)
+            # A provider client secret is a credential of its own: such sessions never come from the pool.
+            claimed = None if upstream_credential is not None else await gateway.pool.claim(route, url, upstream_headers)
+            if claimed is not None:
+                upstream, first_frame = claimed.socket, claimed.session_created
+            else:
+                first_frame = None
+                try:
+                    upstream = await connect_upstream(url, upstream_headers, gateway.config.realtime, route.provider_name)
+                except UpstreamRefused as refused:
+                    gateway.registry.refuse(refused.error.code or "upstream_unavailable")
+                    await _refuse(send, selected, refused.error)
+                    return
             session = gateway.new_session(
                 principal=principal, route=route, transport="websocket", session_group=baggage_session_id(headers), session_id=session_id,
                 traceparent=traceparent(headers),
@@ -112,7 +117,7 @@ class RealtimeWebSocketEndpoint:
                     route.provider.gemini.setup_timeout_s,
                     route.provider.gemini.setup_wait_ms / 1000,
                 )
-            await WebSocketRelay(relay, upstream, receive, send, scope, gateway.registry, limits.close_timeout_s, renewal).run()
+            await WebSocketRelay(relay, upstream, receive, send, scope, gateway.registry, limits.close_timeout_s, renewal, first_frame).run()
         finally:
             await gateway.governance.release(principal.key_id, session_id)
 

@@ -18,6 +18,7 @@ from bifrost_rt.policy.governance import Governance
 from bifrost_rt.policy.hooks import HookPipeline
 from bifrost_rt.providers import ModelResolver, Route
 from bifrost_rt.state.kv import KVStore
+from bifrost_rt.wire.pool import WarmPool
 
 
 class Services(Protocol):
@@ -31,6 +32,7 @@ class Services(Protocol):
     http: httpx.AsyncClient
     kv: KVStore
     forward_url: str | None  # where other processes reach this one (None: they cannot)
+    pool: WarmPool
 
     def new_session(
         self, *, principal: Principal, route: Route, transport: str, session_group: str | None, session_id: str | None = None,

@@ -30,6 +30,7 @@ from bifrost_rt.state.kv import KVStore, MemoryKV
 from bifrost_rt.state.turn_log import SpoolingStore, SQLiteTurnStore
 from bifrost_rt.state.turn_writer import LogLineSink, TurnSink, TurnWriter
 from bifrost_rt.tasks import stop_task
+from bifrost_rt.wire.pool import WarmPool
 
 logger = logging.getLogger("bifrost_rt.gateway")
 
@@ -97,6 +98,7 @@ class Gateway:
             ClientSecrets(secret.get_secret_value(), self.kv, config.client_secrets.max_ttl_s) if secret is not None else None
         )
         self.http = httpx.AsyncClient()  # provider REST calls (client secrets)
+        self.pool = WarmPool(config, self.models)  # warm upstream sessions; idle unless a provider or model sets one
 
         self.turn_log = self._turn_log_store()
         sinks = list(turn_sinks) if turn_sinks is not None else [LogLineSink()]
@@ -126,6 +128,7 @@ class Gateway:
         self._charges: set[asyncio.Task[None]] = set()
         self._renewer: asyncio.Task[None] | None = None
         self.metrics.watch(self.registry, self._gauges())
+        self.metrics.watch_pool(self.pool)
         Gateway.instances.add(self)
 
     def _turn_log_store(self) -> SpoolingStore | None:
@@ -241,12 +244,15 @@ class Gateway:
             self.audio.start()
         self.hooks.start()
         self._renewer = asyncio.get_running_loop().create_task(self._renew_leases(), name="bifrost-rt-lease-renewal")
+        await self.pool.start()
 
     async def drain(self) -> None:
+        await self.pool.close()  # draining admits no one: idle pooled sessions would only hold the provider
         await self.registry.drain(self.config.realtime.shutdown_drain_s)
 
     async def stop(self) -> None:
         """Drain sessions (if the server has not already), then deliver every queued turn record and charge."""
+        await self.pool.close()
         if len(self.registry):
             await self.drain()
         await self.registry.close()

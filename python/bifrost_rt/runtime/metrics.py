@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from bifrost_rt.core.registry import SessionRegistry
 from bifrost_rt.records import TurnRecord
 from bifrost_rt.runtime import http_limits
+from bifrost_rt.wire.pool import WarmPool
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _HOOK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
@@ -55,6 +56,9 @@ class GatewayMetrics:
     def watch(self, registry: SessionRegistry, gauges: dict[str, Callable[[], float]]) -> None:
         """Scrape-time views of the live sessions and of queue depths and counters kept elsewhere."""
         self.registry.register(_LiveCollector(registry, gauges))
+
+    def watch_pool(self, pool: WarmPool) -> None:
+        self.registry.register(_PoolCollector(pool))
 
     def sink(self) -> MetricsSink:
         return MetricsSink(self)
@@ -136,6 +140,29 @@ class _LiveCollector(Collector):
             gauge = GaugeMetricFamily(f"bifrost_rt_{name}", name.replace("_", " "))
             gauge.add_metric([], read())
             yield gauge
+
+
+class _PoolCollector(Collector):
+    """The warm pool, by provider: ready sessions, and what became of claims and pooled sessions."""
+
+    def __init__(self, pool: WarmPool) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterable[Metric]:
+        size = GaugeMetricFamily("bifrost_rt_warm_pool_sessions", "Upstream sessions ready in the warm pool", labels=["provider"])
+        for provider, count in self._pool.sizes().items():
+            size.add_metric([provider], count)
+        yield size
+        for name, help_text in (
+            ("hits", "Sessions given a warm upstream session"),
+            ("misses", "Sessions of a pooled provider or model that connected upstream themselves"),
+            ("recycled", "Pooled sessions closed unclaimed: too old, beyond the demand, or closed or changed while idle"),
+            ("failures", "Pool connects that failed or did not reach session.created"),
+        ):
+            family = CounterMetricFamily(f"bifrost_rt_warm_pool_{name}", help_text, labels=["provider"])
+            for provider, stats in self._pool.stats.items():
+                family.add_metric([provider], getattr(stats, name))
+            yield family
 
 
 class _HeadLimitsCollector(Collector):

@@ -84,9 +84,11 @@ class WebSocketRelay:
 
     def __init__(
         self, relay: Relay, upstream: ClientConnection, receive: Receive, send: Send, scope: dict[str, Any],
-        registry: SessionRegistry, close_timeout_s: float, renewal: Renewal | None = None,
+        registry: SessionRegistry, close_timeout_s: float, renewal: Renewal | None = None, first_frame: str | None = None,
     ) -> None:
+        """`first_frame`: a provider frame already read (a pooled session's `session.created`), relayed first."""
         self.relay = relay
+        self._first_frame = first_frame
         self.session = relay.session
         self.upstream = upstream
         self.receive = receive
@@ -186,6 +188,14 @@ class WebSocketRelay:
     async def _upstream_to_client(self) -> Ending:
         send = self.send
         from_server = self.relay.from_server
+        if self._first_frame is not None:
+            actions = from_server(self._first_frame)
+            try:
+                ending = await self._perform((ToClient(self._first_frame),) if actions is FORWARD else actions)
+            except OSError:
+                return endings.client_gone()
+            if ending is not None:
+                return ending
         while True:
             connection = self.upstream  # read anew each time: a Reconnect replaces the connection
             try:

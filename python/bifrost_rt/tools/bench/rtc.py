@@ -412,6 +412,9 @@ class Caller:
         self.channel = self.pc.createDataChannel(EVENTS_CHANNEL)
         self.created_ns = 0
         self.created = asyncio.Event()
+        self.began_ns = 0
+        self.first_audio_ns = 0  # the first RTP packet from the far end
+        self.heard = asyncio.Event()
         self.messages = 0
         self.channel.on("message", self._on_message)
         self.lean = LeanMedia(self.pc, probe, sent=probe.up, received=probe.down) if probe.lean else None
@@ -428,7 +431,7 @@ class Caller:
     async def connect(self, http: httpx.AsyncClient, endpoint: Endpoint, timeout_s: float) -> Setup:
         restrict_host_candidates(self.pc, [LOOPBACK])
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        began = time.perf_counter_ns()
+        began = self.began_ns = time.perf_counter_ns()
         reply = await http.post(endpoint.url, content=self.pc.localDescription.sdp,
                                 headers={"Authorization": f"Bearer {endpoint.api_key}",
                                          "Content-Type": "application/sdp"})
@@ -441,12 +444,31 @@ class Caller:
         else:
             tap_sent(self.pc, self.probe.up)
             tap_received(self.pc, self.probe.down, deliver=False)
+        for transport in _transports(self.pc):
+            transport._handle_rtp_data = self._first_audio(transport._handle_rtp_data)
         try:
             await asyncio.wait_for(self.created.wait(), timeout_s)
         except asyncio.TimeoutError:
             raise BenchError(f"{endpoint.name}: no session.created within {timeout_s:.0f} s of the answer "
                              f"(connection {self.pc.connectionState})") from None
         return Setup((answered - began) / 1e6, (self.created_ns - began) / 1e6)
+
+    def _first_audio(self, handle: Callable[[bytes, int], Awaitable[None]]) -> Callable[[bytes, int], Awaitable[None]]:
+        async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+            if not self.first_audio_ns:
+                self.first_audio_ns = time.perf_counter_ns()
+                self.heard.set()
+            await handle(data, arrival_time_ms)
+
+        return handle_rtp_data
+
+    async def first_audio_ms(self, timeout_s: float) -> float:
+        """POST sent -> the first audio packet from the far end."""
+        try:
+            await asyncio.wait_for(self.heard.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            raise BenchError(f"no audio packet within {timeout_s:.0f} s of session.created") from None
+        return (self.first_audio_ns - self.began_ns) / 1e6
 
     async def close(self) -> None:
         if self.lean is not None:

@@ -12,6 +12,8 @@ own. Targets: `direct` (caller -> simulator) and `gateway` (caller -> gateway ->
              full media (as in the latency phase) and once with lean media (as in the ramp)
     ramp     `--ramp` call counts in turn, until packets are lost, the gateway's core is full, or this process's
              core is (then the gateway was not the limit and the count is a lower bound)
+    caller   calls one after another to a second simulator `--caller-rtt-ms` away (an emulated WAN on its
+             signalling only): POST -> 201 and POST -> first audio packet
 
 Full media is aiortc at both ends, the simulator encoding and decoding Opus; it costs this process about three
 times what the gateway spends per call, so the ramp uses lean media (bench/rtc.py), which the gateway handles the
@@ -84,6 +86,8 @@ class RtcParams:
     batch: int = 5
     max_loss: float = 0.005
     max_cpu: float = 0.9
+    caller_calls: int = 10
+    caller_rtt_ms: float = 100.0
     phase_timeout: float = 120.0
 
     @property
@@ -92,7 +96,7 @@ class RtcParams:
 
 
 QUICK = RtcParams(setup_calls=2, latency_calls=1, latency_duration=2.0, calls=2, duration=2.0, ramp="2",
-                  ramp_duration=2.0, repeat=1, phase_timeout=60.0)
+                  ramp_duration=2.0, caller_calls=2, repeat=1, phase_timeout=60.0)
 
 _HELP = {
     "setup_calls": "calls opened and closed one at a time per target and repeat in the setup phase",
@@ -109,13 +113,15 @@ _HELP = {
     "batch": "calls opened at once while a phase sets up its calls",
     "max_loss": "the ramp stops at the first step losing more than this share of packets in either direction",
     "max_cpu": "the ramp stops at the first step where the gateway or this process used more of its core",
+    "caller_calls": "calls per target and repeat in the caller-experience phase",
+    "caller_rtt_ms": "emulated round trip to the simulator in the caller-experience phase (signalling only)",
 }
-_SHARED = {"repeat", "phase_timeout"}  # flags the WebSocket bench defines too
+_SHARED = {"repeat", "phase_timeout", "caller_rtt_ms"}  # flags the WebSocket bench defines too
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("WebRTC (--webrtc)", "--repeat, --phase-timeout, --quick, --pin, --output "
-                                      "and --targets (direct,gateway) apply too")
+    group = parser.add_argument_group("WebRTC (--webrtc)", "--repeat, --phase-timeout, --caller-rtt-ms, --quick, "
+                                      "--pin, --output and --targets (direct,gateway) apply too")
     group.add_argument("--webrtc", action="store_true",
                        help="benchmark WebRTC calls (audio latency, CPU per call, capacity, setup) instead")
     full = RtcParams()
@@ -286,10 +292,61 @@ async def _measure_all(p: RtcParams, targets: list[str], pin: bool, workdir: Pat
                         ramp_end = record["limit"]
                         break
 
+        caller = await _caller(p, targets, probe, children, workdir)
         warnings = [f"{c.name} logged errors during the run; last lines:\n{c.log_tail(10)}"
                     for c in children.children if c.logged_errors()]
     return {"setup": setup, "latency": latency, "load": load, "ramp": ramp, "ramp_stopped_by": ramp_end,
-            "warnings": warnings}
+            "caller": caller, "warnings": warnings}
+
+
+async def _caller(p: RtcParams, targets: list[str], probe: rtc.Probe, children: Children,
+                  workdir: Path) -> dict[str, Any]:
+    """POST -> 201 and POST -> first audio packet with the simulator `caller_rtt_ms` away (the WebSocket bench's
+    caller-experience phase, for calls). Only signalling crosses the emulated WAN: the simulator's HTTP answers
+    pay it, media and the data channel do not, so ICE and DTLS here cost what they cost on loopback."""
+    options = SimulatorOptions(webrtc_max_calls=MAX_CALLS, webrtc_host_candidates="loopback", rtt_ms=p.caller_rtt_ms,
+                               wan_seed=1)
+    async with rtc.simulator(options) as sim_port, httpx.AsyncClient(timeout=30) as http:
+        endpoints = {"direct": rtc.Endpoint("direct", _calls_url(sim_port), SIM_KEY)}
+        gateway = None
+        if "gateway" in targets:
+            port = free_port()
+            config = workdir / "gateway-webrtc-caller.yaml"
+            config.write_text(GATEWAY_CONFIG.format(sim_port=sim_port, sim_key=SIM_KEY, gateway_key=GATEWAY_KEY,
+                                                    max_calls=MAX_CALLS))
+            gateway = children.start("gateway-webrtc-caller", python_module(
+                "bifrost_rt.cli", "serve", "--config", config, "--host", "127.0.0.1", "--port", port), port, RELAY_CPU)
+            await gateway.wait_listening(START_TIMEOUT_S)
+            endpoints["gateway"] = rtc.Endpoint("gateway", _calls_url(port), GATEWAY_KEY)
+        stack = Stack(probe, http, {t: endpoints[t] for t in targets}, gateway, sim_port, p.batch)
+        probe.lean = False
+        for name in targets:  # unmeasured: the first connections (each pays the emulated handshake)
+            await _bounded(p, stack, name, "caller warm-up", _first_audio(stack, name, 1))
+        samples: dict[str, dict[str, list[float]]] = {name: {"answered": [], "first_audio": []} for name in targets}
+        for n in range(p.repeat):
+            for name in targets if n % 2 == 0 else targets[::-1]:
+                record = await _bounded(p, stack, name, "caller", _first_audio(stack, name, p.caller_calls))
+                for key in ("answered", "first_audio"):
+                    samples[name][key] += record[key]
+        result = {name: {"answered_ms": _spread(s["answered"]), "first_audio_ms": _spread(s["first_audio"])}
+                  for name, s in samples.items()}
+        for name, r in result.items():
+            _progress(f"{name} caller at {p.caller_rtt_ms:g} ms RTT: POST->201 p50 {r['answered_ms']['p50']:.1f} ms, "
+                      f"POST->first audio p50 {r['first_audio_ms']['p50']:.1f} ms")
+        return result
+
+
+async def _first_audio(stack: Stack, name: str, calls: int) -> dict[str, list[float]]:
+    answered, first_audio = [], []
+    for _ in range(calls):
+        caller, setup = await rtc.open_call(stack.http, stack.endpoints[name], stack.probe, CLOSE_TIMEOUT_S)
+        try:
+            first_audio.append(await caller.first_audio_ms(CLOSE_TIMEOUT_S))
+            answered.append(setup.answered_ms)
+        finally:
+            await caller.close()
+    await _drained(stack, name)
+    return {"answered": answered, "first_audio": first_audio}
 
 
 def _calls_url(port: int) -> str:
@@ -537,6 +594,14 @@ def format_tables(summary: dict[str, Any], results: dict[str, Any], p: RtcParams
              _fmt(medians[name]["setup_gateway_cpu_ms_per_call"], ".1f")] for name in targets]
     lines += _table(["target", "POST->201 p50", "p99", "POST->session.created p50", "p99",
                      "gateway CPU ms/call (open+close)"], rows)
+
+    caller = results.get("caller")
+    if caller:
+        lines += ["", (f"caller experience, ms ({p.caller_calls} calls per target and repeat; simulator signalling "
+                       f"{p.caller_rtt_ms:g} ms RTT away, media on loopback)")]
+        rows = [[name, *(_fmt((r[k] or {}).get(q), ".1f") for k in ("answered_ms", "first_audio_ms") for q in ("p50", "p99"))]
+                for name, r in caller.items()]
+        lines += _table(["target", "POST->201 p50", "p99", "POST->first audio p50", "p99"], rows)
 
     per_call = summary.get("gateway_cpu_per_call")
     if per_call:

@@ -29,7 +29,7 @@ from websockets.exceptions import WebSocketException
 
 from bifrost_rt.config import RealtimeConfig
 from bifrost_rt.runtime.server import uvicorn_settings
-from bifrost_rt.tools.bench import load, report
+from bifrost_rt.tools.bench import caller, load, report
 from bifrost_rt.tools.bench.load import Counts, Meter, Target
 from bifrost_rt.tools.bench.procs import BenchError, Child, Children, can_pin, free_port, python_module
 
@@ -102,11 +102,15 @@ class Params:
     repeat: int = 3
     latency_sessions: int = 4
     latency_responses: int = 2
+    caller_rtt_ms: float = 100.0
+    caller_jitter_ms: float = 0.0
+    caller_rounds: int = 30
+    caller_pause: float = 0.5
     phase_timeout: float = 120.0
 
 
 QUICK = Params(sessions=2, responses=2, response_audio_ms=1000, appends=20, turns=1, setup_rounds=2, repeat=1,
-               latency_sessions=1, latency_responses=1, phase_timeout=30.0)
+               latency_sessions=1, latency_responses=1, caller_rounds=3, phase_timeout=30.0)
 
 _HELP = {
     "sessions": "concurrent sessions in the CPU phases",
@@ -121,6 +125,10 @@ _HELP = {
     "repeat": "repeats of the CPU phases per target, interleaved across targets",
     "latency_sessions": "sessions in the latency phase",
     "latency_responses": "responses per session in the latency phase (paced in real time)",
+    "caller_rtt_ms": "emulated round trip between relay and simulator in the caller-experience phase",
+    "caller_jitter_ms": "emulated one-way jitter in the caller-experience phase",
+    "caller_rounds": "sessions per target in the caller-experience phase (and per setup-CPU window)",
+    "caller_pause": "seconds between caller sessions (a pool refills behind each claim)",
     "phase_timeout": "seconds after which a phase is abandoned and the run fails",
 }
 
@@ -137,6 +145,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
                             help=f"{_HELP[f.name]} (default {getattr(full, f.name)}, --quick {getattr(QUICK, f.name)})")
     parser.add_argument("--quick", action="store_true", help="a run of a few seconds, to check the bench works")
+    parser.add_argument("--caller-only", action="store_true",
+                        help="run only the caller-experience phase (emulated WAN, warm pool off and on)")
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
                         help=f"pin relays to CPU {RELAY_CPU}, simulators and load to CPU {LOAD_CPU} "
                              "(default: on when taskset exists and there are 2+ CPUs)")
@@ -174,7 +184,7 @@ def run_from_args(ns: argparse.Namespace) -> int:
         if pin:
             os.sched_setaffinity(0, {LOAD_CPU})
         with tempfile.TemporaryDirectory(prefix="bifrost-bench-") as workdir:
-            results = _run(_bench(params, targets, pin, Path(workdir), ns.redis_url))
+            results = _run(_bench(params, targets, pin, Path(workdir), ns.redis_url, ns.caller_only))
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
@@ -184,7 +194,7 @@ def run_from_args(ns: argparse.Namespace) -> int:
     finally:
         os.sched_setaffinity(0, affinity)
 
-    summary = report.summarize(targets, results["runs"], results["latency"])
+    summary = report.summarize(targets, results["runs"], results["latency"]) if results["runs"] else {"medians": {}}
     document = {
         "command": shlex.join(sys.argv),
         "argv": sys.argv,
@@ -197,7 +207,9 @@ def run_from_args(ns: argparse.Namespace) -> int:
     }
     output = ns.output or "bench-results.json"
     Path(output).write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
-    print(report.format_table(summary, _header(params, pin)))
+    if results["runs"]:
+        print(report.format_table(summary, _header(params, pin)))
+    print(caller.format_table(results["caller"], params.caller_rtt_ms, params.caller_jitter_ms))
     for warning in results["warnings"]:
         print(f"warning: {warning}")
     print(f"JSON report: {output}")
@@ -205,9 +217,11 @@ def run_from_args(ns: argparse.Namespace) -> int:
 
 
 def _check(p: Params) -> str | None:
-    small = [f.name for f in fields(Params) if getattr(p, f.name) <= 0 and f.name != "pace"]
+    small = [f.name for f in fields(Params) if getattr(p, f.name) <= 0 and f.name not in ("pace", "caller_jitter_ms")]
     if small:
         return "these must be positive: " + ", ".join("--" + n.replace("_", "-") for n in small)
+    if p.caller_jitter_ms < 0:
+        return "--caller-jitter-ms must not be negative"
     if p.appends * p.append_ms < 100:
         return "a turn needs at least 100 ms of audio (--appends x --append-ms) to be committed"
     return None
@@ -221,19 +235,23 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coro)
 
 
-async def _bench(p: Params, names: list[str], pin: bool, workdir: Path, redis_url: str | None) -> dict[str, Any]:
+async def _bench(p: Params, names: list[str], pin: bool, workdir: Path, redis_url: str | None,
+                 caller_only: bool) -> dict[str, Any]:
     # SIGTERM ends the run like Ctrl-C does: through the cleanup, so no server outlives the bench.
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
     assert task is not None
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
-        return await _measure_all(p, names, pin, workdir, redis_url)
+        return await _measure_all(p, names, pin, workdir, redis_url, caller_only)
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-async def _measure_all(p: Params, names: list[str], pin: bool, workdir: Path, redis_url: str | None) -> dict[str, Any]:
+async def _measure_all(p: Params, names: list[str], pin: bool, workdir: Path, redis_url: str | None,
+                       caller_only: bool) -> dict[str, Any]:
     with contextlib.closing(Children(workdir, pin)) as children:
+        if caller_only:
+            return {"runs": [], "latency": {}, "caller": await _caller(p, children, workdir), "warnings": _warnings(children, [])}
         fast = _start_stack(children, workdir, names, "cpu", p, pace=p.pace, stamp=False, redis_url=redis_url)
         paced = _start_stack(children, workdir, names, "latency", p, pace=1.0, stamp=True, redis_url=redis_url)
         await asyncio.gather(*(c.wait_listening(START_TIMEOUT_S) for c in children.children))
@@ -266,15 +284,35 @@ async def _measure_all(p: Params, names: list[str], pin: bool, workdir: Path, re
             latency[name] = report.latency_record(name, samples)
             _progress(f"{name} latency: p50 {latency[name]['p50_ms']:.2f} ms, p99 {latency[name]['p99_ms']:.2f} ms "
                       f"over {len(samples)} deltas")
-        warnings = [f"{c.name} logged errors during the run; last lines:\n{c.log_tail(10)}"
-                    for c in children.children if c.logged_errors()]
-        relay_runs = [r for r in runs if r["target"] != "direct"]
-        coarse = sum(1 for r in relay_runs if r["cpu_us"] < COARSE_CPU_TICKS * TICK_US)
-        if coarse:
-            warnings.append(f"{coarse} of {len(relay_runs)} relay phases used under {COARSE_CPU_TICKS} clock ticks "
-                            f"({COARSE_CPU_TICKS * TICK_US // 1000} ms) of CPU, so their figures are coarse; "
-                            "more sessions, responses, turns or setup rounds make them precise")
-        return {"runs": runs, "latency": latency, "warnings": warnings}
+        experience = await _caller(p, children, workdir)  # started last: its pool idles on no measured core before
+        return {"runs": runs, "latency": latency, "caller": experience, "warnings": _warnings(children, runs)}
+
+
+async def _caller(p: Params, children: Children, workdir: Path) -> dict[str, Any]:
+    stack = caller.start_stack(children, workdir, p.caller_rtt_ms, p.caller_jitter_ms, MODEL, SIM_KEY, GATEWAY_KEY,
+                               LOAD_CPU, RELAY_CPU)
+    await asyncio.gather(*(child.wait_listening(START_TIMEOUT_S) for _, child in stack.values()))
+    timeout = p.phase_timeout + p.caller_rounds * len(caller.TARGETS) * (p.caller_pause + 5 * p.caller_rtt_ms / 1000) * (1 + p.repeat)
+    try:
+        return await asyncio.wait_for(caller.measure(stack, p.caller_rounds, p.repeat, p.caller_pause, _progress), timeout)
+    except asyncio.TimeoutError:
+        problem = f"did not finish within {timeout:.0f} s"
+    except (OSError, WebSocketException) as exc:
+        problem = f"failed: {exc!r}"
+    logs = "\n".join(f"{child.name} log:\n{child.log_tail()}" for _, child in stack.values())
+    raise BenchError(f"caller-experience phase {problem}; {logs}")
+
+
+def _warnings(children: Children, runs: list[dict[str, Any]]) -> list[str]:
+    warnings = [f"{c.name} logged errors during the run; last lines:\n{c.log_tail(10)}"
+                for c in children.children if c.logged_errors()]
+    relay_runs = [r for r in runs if r["target"] != "direct"]
+    coarse = sum(1 for r in relay_runs if r["cpu_us"] < COARSE_CPU_TICKS * TICK_US)
+    if coarse:
+        warnings.append(f"{coarse} of {len(relay_runs)} relay phases used under {COARSE_CPU_TICKS} clock ticks "
+                        f"({COARSE_CPU_TICKS * TICK_US // 1000} ms) of CPU, so their figures are coarse; "
+                        "more sessions, responses, turns or setup rounds make them precise")
+    return warnings
 
 
 def _start_stack(children: Children, workdir: Path, names: list[str], label: str, p: Params, pace: float,

@@ -1,6 +1,9 @@
 """The simulator's ASGI app: WebSocket `/v1/realtime` (and `/realtime`), `POST /v1/realtime/client_secrets`,
 WebRTC calls `POST /v1/realtime/calls` and `POST /v1/realtime/calls/{call_id}/hangup` (also without `/v1`),
-`GET /healthz`, and Gemini Live's `BidiGenerateContent` WebSocket (gemini.py) beside them.
+`GET /healthz`, and Gemini Live's `BidiGenerateContent` WebSocket (gemini.py) beside them; for tests,
+`GET /sim/connections` (each WebSocket session's credential fingerprint, state and
+client message count) and `POST /sim/close_idle` (closes the sessions no client message has reached yet).
+With `rtt_ms` set, it answers as if one emulated round trip away (see `wan.py`).
 
 Handshake failures follow the API: the upgrade succeeds, then an `error` event and an application close code
 (3000 for credentials, 4000 for the retired beta shape) with reason `<error.type>.<error.code>`.
@@ -11,9 +14,12 @@ in beta shapes on the preview path (see `beta.py`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,7 +32,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.config import WS_PROTOCOLS
 
@@ -38,6 +44,7 @@ from bifrost_rt.tools.simulator.events import ClientError
 from bifrost_rt.tools.simulator.ids import new_client_secret, new_id
 from bifrost_rt.tools.simulator.options import SimulatorOptions
 from bifrost_rt.tools.simulator.session import RealtimeSession
+from bifrost_rt.tools.simulator.wan import DelayLine, EmulatedWan, Wan
 from bifrost_rt.tools.simulator.webrtc import Calls
 
 logger = logging.getLogger("bifrost_rt.simulator")
@@ -52,6 +59,7 @@ MAX_OFFER_BYTES = 64 * 1024
 # Gemini Live (google-genai's `live.py`): the Google AI path for any API version, and Vertex AI's.
 GEMINI_PATH = "/ws/google.ai.generativelanguage.{version}.GenerativeService.BidiGenerateContent"
 GEMINI_VERTEX_PATH = "/ws/google.cloud.aiplatform.{version}.LlmBidiService/BidiGenerateContent"
+MAX_REMEMBERED_CONNECTIONS = 1000
 
 
 class ClientSecrets:
@@ -110,16 +118,31 @@ class _ResourceHeaders:
 
 
 class _Peer:
-    """A WebSocket as the session sees it; sends after the client has gone are dropped."""
+    """A WebSocket as the session sees it; sends after the client has gone are dropped.
 
-    def __init__(self, websocket: WebSocket) -> None:
+    With an emulated WAN, sends (and the close or drop behind them) wait in a delay line, drained in order by
+    one task, so a frame leaves one one-way delay after the session sent it.
+    """
+
+    def __init__(self, websocket: WebSocket, wan: Wan) -> None:
         self.closed = False
         self._websocket = websocket
         self._transport = websocket.scope.get(_TRANSPORT_KEY)
+        self._line: DelayLine[tuple[str, Any]] | None = None
+        self._pump: asyncio.Task[None] | None = None
+        if wan.active:
+            self._line = DelayLine(wan)
+            self._pump = asyncio.get_running_loop().create_task(self._drain(self._line))
 
     async def send(self, text: str) -> None:
         if self.closed:
             return
+        if self._line is not None:
+            self._line.put(("send", text))
+            return
+        await self._send(text)
+
+    async def _send(self, text: str) -> None:
         try:
             await self._websocket.send_text(text)
         except (WebSocketDisconnect, RuntimeError, OSError):
@@ -129,6 +152,12 @@ class _Peer:
         if self.closed:
             return
         self.closed = True
+        if self._line is not None:
+            self._line.put(("close", (code, reason)))
+            return
+        await self._close(code, reason)
+
+    async def _close(self, code: int, reason: str) -> None:
         try:
             await self._websocket.close(code, reason)
         except (RuntimeError, OSError):
@@ -137,12 +166,87 @@ class _Peer:
     async def abort(self) -> None:
         if self.closed:
             return
+        self.closed = True
+        if self._line is not None:
+            self._line.put(("abort", None))
+            return
+        await self._abort()
+
+    async def _abort(self) -> None:
         if self._transport is None:
             logger.warning("this server does not expose its transport; closing with 1011 instead of dropping TCP")
-            await self.close(1011, "server_error")
+            await self._close(1011, "server_error")
             return
-        self.closed = True
         self._transport.abort()
+
+    async def _drain(self, line: DelayLine[tuple[str, Any]]) -> None:
+        while True:
+            kind, payload = await line.get()
+            if kind == "send":
+                await self._send(payload)
+            elif kind == "close":
+                await self._close(*payload)
+                return
+            else:
+                await self._abort()
+                return
+
+    async def stop(self) -> None:
+        """The connection is gone: frames still in flight are lost with it."""
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+
+
+class _Arrivals:
+    """Client messages as the session sees them: at once on loopback, one one-way delay late over a WAN."""
+
+    def __init__(self, websocket: WebSocket, wan: Wan) -> None:
+        self._websocket = websocket
+        self._line: DelayLine[Message] | None = DelayLine(wan) if wan.active else None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def receive(self) -> Message:
+        if self._line is None:
+            return await self._websocket.receive()
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read(self._line))
+        return await self._line.get()
+
+    async def _read(self, line: DelayLine[Message]) -> None:
+        while True:  # reads as fast as frames come, so a burst is not stretched by the delay of each frame
+            message = await self._websocket.receive()
+            line.put(message)
+            if message["type"] == "websocket.disconnect":
+                return
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+
+class Connection:
+    """What the simulator remembers of a WebSocket session, for tests: which credential, whether it is open, and
+    how many client messages it received. The credential is kept as a fingerprint, never the key itself."""
+
+    def __init__(self, session_id: str, credential: str) -> None:
+        self.session_id = session_id
+        self.credential_sha256 = credential_fingerprint(credential)
+        self.client_messages = 0
+        self.open = True
+        self.session: RealtimeSession | None = None
+
+    def report(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "credential_sha256": self.credential_sha256, "open": self.open,
+                "client_messages": self.client_messages}
+
+
+def credential_fingerprint(credential: str) -> str:
+    """The first 16 hex digits of the credential's SHA-256: enough to tell keys apart, useless to an attacker."""
+    return hashlib.sha256(credential.encode()).hexdigest()[:16]
 
 
 class _BetaPeer:
@@ -165,6 +269,9 @@ class _BetaPeer:
 
     async def abort(self) -> None:
         await self._peer.abort()
+
+    async def stop(self) -> None:
+        await self._peer.stop()
 
 
 def _beta_to_ga(data: str | bytes) -> str | bytes:
@@ -202,12 +309,14 @@ async def _refuse(websocket: WebSocket, message: str, code: str | None, close_co
         logger.debug("client left during a refused handshake", exc_info=True)
 
 
-def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
+def create_simulator_app(options: SimulatorOptions | None = None) -> ASGIApp:
     options = options or SimulatorOptions()
     secrets = ClientSecrets()
     calls = Calls(options)
     live_sessions = 0
     gemini_handles: dict[str, gemini.Conversation] = {}
+    wan = Wan(options.rtt_ms, options.jitter_ms, options.handshake_rtts, options.wan_seed)
+    connections: deque[Connection] = deque(maxlen=MAX_REMEMBERED_CONNECTIONS)
 
     def key_status(key: str) -> tuple[bool, dict[str, Any] | None]:
         """(accepted, the client secret's session when the key is one)."""
@@ -243,27 +352,35 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
             config = new_transcription_session()
         else:
             config = new_realtime_session(query.get("model") or options.model)
-        await serve_session(websocket, _Peer(websocket), config)
+        await serve_session(websocket, _Peer(websocket, wan), config, key)
 
-    async def serve_session(websocket: WebSocket, peer: _Peer | _BetaPeer, config: dict[str, Any]) -> None:
+    async def serve_session(websocket: WebSocket, peer: _Peer | _BetaPeer, config: dict[str, Any], credential: str) -> None:
         nonlocal live_sessions
         session = RealtimeSession(peer, options, config)
         translate = isinstance(peer, _BetaPeer)
+        arrivals = _Arrivals(websocket, wan)
+        connection = Connection(config["id"], credential)
+        connection.session = session
+        connections.append(connection)
         live_sessions += 1
         try:
             await session.start()
             while True:
-                message = await websocket.receive()
+                message = await arrivals.receive()
                 if message["type"] == "websocket.disconnect":
                     break
                 data = message.get("text")
                 if data is None:
                     data = message.get("bytes")
                 if data is not None:
+                    connection.client_messages += 1
                     await session.handle(_beta_to_ga(data) if translate else data)
         finally:
             live_sessions -= 1
+            connection.open, connection.session = False, None
             await session.stop()
+            await arrivals.stop()
+            await peer.stop()
 
     async def gemini_live(websocket: WebSocket) -> None:
         nonlocal live_sessions
@@ -304,7 +421,9 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
             config = new_transcription_session()
         else:
             config = new_realtime_session(model)
-        await serve_session(websocket, _BetaPeer(_Peer(websocket)) if speaks_beta else _Peer(websocket), config)
+        peer = _Peer(websocket, wan)
+        credential = azure.presented_key(websocket.headers, query)[0] or ""
+        await serve_session(websocket, _BetaPeer(peer) if speaks_beta else peer, config, credential)
 
     async def azure_ga(websocket: WebSocket) -> None:
         await azure_realtime(websocket, preview_path=False)
@@ -425,11 +544,25 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
     async def healthz(request: Request) -> Response:
         return _json({"status": "ok", "sessions": live_sessions, "calls": len(calls)})
 
+    async def list_connections(request: Request) -> Response:
+        return _json({"connections": [c.report() for c in connections]})
+
+    async def close_idle(request: Request) -> Response:
+        """Closes every open WebSocket session that has not received a client message yet (1001, going away),
+        as a provider does when it restarts; answers with how many it closed."""
+        idle = [c.session for c in connections if c.open and c.client_messages == 0 and c.session is not None]
+        for session in idle:
+            await session.close(1001, "going away")
+        return _json({"closed": len(idle)})
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await calls.close_all()
 
+    # Not part of the API: what tests may ask of the stand-in provider.
+    test_routes = [Route("/healthz", healthz), Route("/sim/connections", list_connections),
+                   Route("/sim/close_idle", close_idle, methods=["POST"])]
     if options.flavor == "azure":
         routes = [
             WebSocketRoute("/openai/v1/realtime", azure_ga),
@@ -452,8 +585,9 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
         middleware = [Middleware(_ExposeTransport)]
     # Gemini Live's paths do not collide with either flavor's: every simulator also plays Gemini.
     gemini_routes = [WebSocketRoute(GEMINI_PATH, gemini_live), WebSocketRoute(GEMINI_VERTEX_PATH, gemini_live)]
-    return Starlette(routes=[*routes, *gemini_routes, Route("/healthz", healthz)], middleware=middleware, lifespan=lifespan)
-
+    app = Starlette(routes=[*routes, *gemini_routes, *test_routes], middleware=middleware, lifespan=lifespan)
+    # Outside Starlette's own middleware, which wraps `send` and so hides the connection an HTTP request came on.
+    return EmulatedWan(app, wan) if wan.active else app
 
 def websocket_implementation() -> str:
     """uvicorn's sans-I/O websockets protocol where this uvicorn has it (0.35+), else the classic one."""

@@ -72,6 +72,14 @@ class SimulatorOptions(BaseModel):
     model that is not a realtime model is `OperationNotSupported`."""
     azure_region: str = "swedencentral"
     """Azure flavor: the `x-ms-region` header of every answer."""
+    rtt_ms: float = Field(0.0, ge=0, le=10_000)
+    """Emulated round trip to whoever connects (see `wan.py`); 0: loopback speed."""
+    jitter_ms: float = Field(0.0, ge=0, le=10_000)
+    """Each one-way delay varies by up to this much either way (message order is kept)."""
+    handshake_rtts: int = Field(2, ge=0, le=10)
+    """Round trips a new connection pays before its request: 2 = TCP + TLS 1.3 (3 would be TLS 1.2)."""
+    wan_seed: int | None = None
+    """Seeds the delay generator, so runs with emulated jitter repeat exactly."""
 
     gemini_binary_frames: bool = True
     """Gemini Live messages go out as binary frames holding UTF-8 JSON, as the service sends them; False: text."""
