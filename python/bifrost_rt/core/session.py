@@ -116,6 +116,7 @@ class RealtimeSession:
         self._transcription_model: str | None = None
         self._session_type = "realtime"
         self.closed = False
+        self.turns_recorded = 0  # finished turns of this session, for the live view
         self._server_handlers: dict[str, Callable[[str, Any], Any]] = {
             "session.created": self._on_session,
             "session.updated": self._on_session,
@@ -362,6 +363,7 @@ class RealtimeSession:
             raw_response=raw_response,
         )
         self._writer.submit(record)
+        self.turns_recorded += 1
         self._hooks.turn_finished(record)
         if self._on_turn is not None:
             self._on_turn(record)

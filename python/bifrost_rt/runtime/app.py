@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 
 from bifrost_rt.config import GatewayConfig, load_config
 from bifrost_rt.http.calls import CallRelay
@@ -54,6 +54,14 @@ def _log_routes(gateway: Gateway) -> list[Route]:
         Route("/api/logs/sessions/{session_id}", api.session_logs, methods=["GET"]),
         Route("/api/logs/sessions/{session_id}/summary", api.session_summary, methods=["GET"]),
     ]
+
+
+def _ui_routes(gateway: Gateway) -> list[Mount]:
+    if not gateway.config.ui.enabled:
+        return []
+    from bifrost_rt.http.ui import PREFIX, SessionUi  # Jinja2 loads only where the UI is enabled
+
+    return [Mount(PREFIX, app=SessionUi(gateway, gateway.turn_log, gateway.kv).app())]
 
 
 def create_app(
@@ -100,7 +108,7 @@ def create_app(
     def checked(endpoint, on_refused=None):  # routes that act refuse a disallowed Origin before anything happens
         return origin_checked(cors, endpoint, on_refused)
 
-    routes: list[Route | WebSocketRoute] = []
+    routes: list[Route | WebSocketRoute | Mount] = []
     # Each realtime route also lives under /openai/v1 and /openai, where the provider defaults to `openai`.
     for prefix, path_provider in (("/v1", None), ("/openai/v1", "openai"), ("/openai", "openai")):
         place_call = checked(calls.endpoint(prefix, path_provider), gateway.registry.refuse)
@@ -115,6 +123,7 @@ def create_app(
     routes += [
         Route("/api/client_secrets/revoke", checked(RevokeEndpoint(gateway).handle), methods=["POST"]),
         *_log_routes(gateway),
+        *_ui_routes(gateway),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
