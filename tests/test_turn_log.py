@@ -28,6 +28,7 @@ from bifrost_rt.state.turn_log import (
     TurnLogStore,
     TurnQuery,
     condition,
+    migrations,
     postgres,
     schema,
 )
@@ -289,6 +290,51 @@ async def test_a_filter_is_one_turn_query_field_every_store_passes_through(store
         await spooled.close()
 
 
+async def test_sessions_are_pages_of_groups_with_totals_over_all_their_turns(store: TurnLogStore) -> None:
+    turns = [
+        record(1, group="support-call", session_id="sess_a"),
+        record(2, group="support-call", session_id="sess_b", status="failed", cost=0.5, tokens=40),
+        record(3, group="other", session_id="sess_c", principal="team-b"),
+        record(4, group="third", session_id="sess_d"),
+        record(5, group="support-call", session_id="sess_b", model="gpt-realtime-mini", started_at=BASE + 10),
+    ]
+    turns[2].transport = "webrtc"
+    turns[3].provider = "azure"
+    turns[3].input_summary = "100% sure_thing"
+    await store.write(turns)
+
+    rows, total = await store.sessions(TurnQuery())
+    assert total == 3
+    assert [row["session_id"] for row in rows] == ["support-call", "third", "other"]  # by latest turn
+    support = rows[0]
+    assert support["turn_count"] == 3 and support["total_tokens"] == 240 and support["total_cost"] == 1.0
+    assert support["gateway_sessions"] == 2 and support["failed_turns"] == 1 and support["refused_turns"] == 0
+    assert support["model"] == "gpt-realtime, gpt-realtime-mini"
+    assert support["started_at"] == BASE + 1 and support["latest_at"] == BASE + 10.5
+
+    page, total = await store.sessions(TurnQuery(), limit=2, offset=2)
+    assert ([row["session_id"] for row in page], total) == (["other"], 3)
+    assert await store.sessions(TurnQuery(), offset=3) == ([], 3)
+
+    async def groups(**filters: Any) -> list[str]:
+        return [row["session_id"] for row in (await store.sessions(TurnQuery(**filters)))[0]]
+
+    # A group is listed when one of its turns matches; its totals stay those of all its turns.
+    (failed,), _ = await store.sessions(TurnQuery(status="failed"))
+    assert failed["session_id"] == "support-call" and failed["turn_count"] == 3
+    assert await groups(transport="webrtc") == ["other"]
+    assert await groups(provider="azure") == ["third"]
+    assert await groups(principal="team-b") == ["other"]
+    assert await groups(model="gpt-realtime-mini") == ["support-call"]
+    assert await groups(since=BASE + 3, until=BASE + 5) == ["third", "other"]
+    assert await groups(text="ANSWER 3") == ["other"]  # case-insensitive, in what was said or answered
+    assert await groups(text="0% sure_") == ["third"]  # LIKE's wildcards are taken literally
+    assert await groups(text="1_0") == []
+    assert await groups(text="%") == ["third"]
+    with pytest.raises(ValueError):
+        await store.sessions(TurnQuery(), limit=0)
+
+
 async def test_nul_characters_are_kept_as_replacement_characters(store: TurnLogStore) -> None:
     written = record(1)
     written.input_summary = "a\x00b"
@@ -308,7 +354,9 @@ async def test_migrations_apply_once_and_data_survives_a_restart(store_kind: Sto
         assert (await again.session_logs("group-a"))[1] == 1
     finally:
         await again.close()
-    assert [version for version, _ in await store_kind.fetch("SELECT version, applied_at FROM schema_version")] == [1]
+    shipped = [version for version, _ in migrations("TEXT")]
+    assert shipped[:2] == [1, 2]
+    assert [version for version, _ in await store_kind.fetch("SELECT version, applied_at FROM schema_version")] == shipped
     if store_kind.name == "sqlite":
         assert await store_kind.fetch("PRAGMA journal_mode") == [("wal",)]
 

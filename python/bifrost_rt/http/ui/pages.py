@@ -97,7 +97,6 @@ class SessionUi:
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("bifrost_rt.http.ui", "templates"),
             autoescape=True,
-            undefined=jinja2.StrictUndefined,
         )
         self.templates.filters.update(when=views.when, seconds=views.seconds, usd=views.usd)
 
