@@ -28,7 +28,6 @@ from bifrost_rt.state.turn_log import (
     TurnLogStore,
     TurnQuery,
     condition,
-    migrations,
     postgres,
     schema,
 )
@@ -354,9 +353,7 @@ async def test_migrations_apply_once_and_data_survives_a_restart(store_kind: Sto
         assert (await again.session_logs("group-a"))[1] == 1
     finally:
         await again.close()
-    shipped = [version for version, _ in migrations("TEXT")]
-    assert shipped[:2] == [1, 2]
-    assert [version for version, _ in await store_kind.fetch("SELECT version, applied_at FROM schema_version")] == shipped
+    assert [version for version, _ in await store_kind.fetch("SELECT version, applied_at FROM schema_version")] == [1, 2, 3]
     if store_kind.name == "sqlite":
         assert await store_kind.fetch("PRAGMA journal_mode") == [("wal",)]
 
@@ -434,7 +431,7 @@ def migrations_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 async def test_a_semicolon_inside_a_statement_does_not_split_a_migration(store_kind: StoreKind, migrations_dir: Path) -> None:
-    (migrations_dir / "0002_tricky.sql").write_text(TRICKY_MIGRATION + TRICKY_BODY[store_kind.name], "utf-8")
+    (migrations_dir / "0004_tricky.sql").write_text(TRICKY_MIGRATION + TRICKY_BODY[store_kind.name], "utf-8")
     store = store_kind.make()
     await store.start()
     await store.close()
@@ -443,11 +440,11 @@ async def test_a_semicolon_inside_a_statement_does_not_split_a_migration(store_k
         (2, 'it\'s; "quoted"'),
         (3, "x;"),
     ]
-    assert [version for (version,) in await store_kind.fetch("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+    assert [version for (version,) in await store_kind.fetch("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3, 4]
 
 
 async def test_a_failing_migration_leaves_nothing_behind(store_kind: StoreKind, migrations_dir: Path) -> None:
-    (migrations_dir / "0002_broken.sql").write_text(
+    (migrations_dir / "0004_broken.sql").write_text(
         "CREATE TABLE migration_notes (id INTEGER PRIMARY KEY);\nINSERT INTO no_such_table VALUES (1);\n", "utf-8"
     )
     store = store_kind.make()
@@ -458,12 +455,50 @@ async def test_a_failing_migration_leaves_nothing_behind(store_kind: StoreKind, 
         "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table'",
         "postgres": "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
     }[store_kind.name]
-    assert await store_kind.fetch(tables) == []  # 0001 and schema_version rolled back with 0002
-    (migrations_dir / "0002_broken.sql").unlink()
+    assert await store_kind.fetch(tables) == []  # 0001-0003 and schema_version rolled back with 0004
+    (migrations_dir / "0004_broken.sql").unlink()
     again = store_kind.make()
     await again.start()  # nothing half-applied is in the way
     await again.close()
-    assert await store_kind.fetch("SELECT version FROM schema_version") == [(1,)]
+    assert await store_kind.fetch("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
+
+
+async def test_a_log_from_before_turn_audio_gains_the_audio_column_and_keeps_its_turns(
+    store_kind: StoreKind, migrations_dir: Path
+) -> None:
+    # The log as it was before: only 0001 (every later migration comes back below).
+    later = {entry: entry.read_text("utf-8") for entry in migrations_dir.iterdir() if not entry.name.startswith("0001_")}
+    for entry in later:
+        entry.unlink()
+    old = store_kind.make()
+    await old.start()
+    await old.close()
+    # A turn as the previous schema held it: every column but audio.
+    columns = [c for c in schema.COLUMNS if c != "audio"]
+    values = schema.to_params(record(1).to_dict())[: len(columns)]
+    if store_kind.name == "sqlite":
+        with contextlib.closing(sqlite3.connect(store_kind.target)) as connection, connection:
+            connection.execute(f"INSERT INTO {schema.TABLE} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", values)
+    else:
+        connection = await asyncpg.connect(store_kind.target)
+        try:
+            placeholders = ", ".join(f"${n + 1}" for n in range(len(columns)))
+            await connection.execute(f"INSERT INTO {schema.TABLE} ({', '.join(columns)}) VALUES ({placeholders})", *values)
+        finally:
+            await connection.close()
+    for entry, script in later.items():
+        entry.write_text(script, "utf-8")
+    store = store_kind.make()
+    await store.start()
+    try:
+        recorded = record(2)
+        recorded.audio = {"input": {"format": "pcm16", "bytes": 48000, "duration_ms": 1000.0}}
+        await store.write([recorded])
+        rows, total = await store.session_logs("group-a")
+        assert total == 2
+        assert [(row["id"], row["audio"]) for row in rows] == [("turn_00001", None), ("turn_00002", recorded.audio)]
+    finally:
+        await store.close()
 
 
 # Spilling and replay ---------------------------------------------------------------------------------------

@@ -111,6 +111,7 @@ class VirtualKeyConfig(_Strict):
     max_sessions: int | None = Field(None, ge=1, description="concurrent sessions of this key, across processes sharing the store")
     team: str | None = Field(None, description="a name under `teams`, whose budget and session cap apply too")
     log_content: bool | None = Field(None, description="override turn_log.log_content for this key")
+    record_audio: bool = Field(False, description="record each turn's input and output audio (never when content is not logged)")
 
     @field_validator("key")
     @classmethod
@@ -204,6 +205,38 @@ class TurnLogConfig(_Strict):
         if self.store == "postgres" and self.postgres_dsn is None:
             raise ValueError("postgres_dsn is required when store is postgres")
         return self
+
+
+class AudioConfig(_Strict):
+    """Turn audio of the keys with `record_audio`, written off the relay path to a directory."""
+
+    directory: str = Field("bifrost-rt/audio", description="one file per turn and direction")
+    max_bytes: int = Field(1024**3, ge=1024, description="total size of the directory; the oldest files are deleted first")
+    retention_s: float = Field(7 * 86400.0, gt=0, description="files older than this are deleted by the periodic sweep")
+    sweep_interval_s: float = Field(60.0, gt=0)
+    queue_size: int = Field(64, ge=1, description="turns awaiting the writer; beyond it a turn's audio is dropped and counted")
+    max_queued_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="audio awaiting the writer; a turn that would exceed it is dropped and counted"
+    )
+    max_turn_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="audio held per turn and direction (as received); beyond it the recording is cut"
+    )
+
+
+class TelemetryConfig(_Strict):
+    """OpenTelemetry traces over OTLP/HTTP: a span per session, a child span per turn. Unset endpoint: off."""
+
+    endpoint: str | None = Field(None, description="the OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces")
+    headers: dict[str, EnvSecret] = Field(default_factory=dict, description="sent with every export (e.g. an API key)")
+    service_name: str = "bifrost-rt"
+    timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
 
 
 class ClientSecretsConfig(_Strict):
@@ -327,6 +360,8 @@ class GatewayConfig(_Strict):
     webrtc: WebRTCConfig = Field(default_factory=WebRTCConfig)
     turn_log: TurnLogConfig = Field(default_factory=TurnLogConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     prices: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="per-model price overrides, same shape as the shipped table"
     )

@@ -55,6 +55,9 @@ class TurnRecord:
     ended_at: float
     metadata: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, str | None] | None = None  # the request and final frames, each capped at RAW_LIMIT, when enabled
+    # Recorded turn audio, when the key records it: {"input"|"output": {"format", "bytes", "duration_ms"[, "truncated"]}}
+    # (format: pcm16 | g711_ulaw | g711_alaw | ogg-opus); served by GET /api/logs/turns/{id}/audio/{input|output}.
+    audio: dict[str, dict[str, Any]] | None = None
     object: str = "realtime.turn"
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import orjson
 
 from bifrost_rt import _native
 from bifrost_rt.config import RealtimeConfig
+from bifrost_rt.core.audio import AudioCapture, audio_format
 from bifrost_rt.core.inputs import Inputs, input_dict, input_from_item
 from bifrost_rt.core.requests import PendingCreate, Requests
 from bifrost_rt.core.transcription import Transcriptions
@@ -40,6 +41,7 @@ _FIRST_DELTA_TYPES = frozenset(
         "response.function_call_arguments.delta",
     }
 )
+_AUDIO_DELTA_TYPES = frozenset({"response.output_audio.delta", "response.audio.delta"})
 
 # Provider error types/codes after which the session cannot usefully continue.
 _ENDS_SESSION = frozenset({"insufficient_quota", "rate_limit_exceeded"})
@@ -85,6 +87,7 @@ class RealtimeSession:
         log_content: bool = True,
         raw_frames: bool = False,
         session_id: str | None = None,
+        audio: AudioCapture | None = None,
     ) -> None:
         self.id = session_id or new_id("sess_bf")
         self.principal = principal
@@ -117,6 +120,9 @@ class RealtimeSession:
         self._session_type = "realtime"
         self.closed = False
         self.turns_recorded = 0  # finished turns of this session, for the live view
+        # Turn audio of a recording key; frames carry it only on a WebSocket (a call's audio is RTP).
+        self.audio = audio
+        self._frame_audio = audio if audio is not None and not audio.opus else None
         self._server_handlers: dict[str, Callable[[str, Any], Any]] = {
             "session.created": self._on_session,
             "session.updated": self._on_session,
@@ -127,6 +133,9 @@ class RealtimeSession:
             "conversation.item.deleted": self._on_item_deleted,
             "conversation.item.input_audio_transcription.completed": self._on_transcription,
             "input_audio_buffer.committed": self._on_committed,
+            "input_audio_buffer.cleared": self._on_cleared,
+            "output_audio_buffer.stopped": self._on_output_audio_stopped,
+            "output_audio_buffer.cleared": self._on_output_audio_stopped,
             "error": self._on_error,
         }
 
@@ -148,7 +157,9 @@ class RealtimeSession:
     def on_client_frame(self, frame: str) -> TurnRequest | None:
         """Observe a client event; a `response.create` that plugins must check comes back as a TurnRequest."""
         info = self._tracker.observe_client(frame)
-        if info is None:
+        if info is None:  # input_audio_buffer.append
+            if self._frame_audio is not None:
+                self._frame_audio.client_audio(frame)
             return None
         if info.type == "response.create":
             pending = self._requests.add(frame, _loads(frame), info.event_id)
@@ -164,7 +175,9 @@ class RealtimeSession:
         """Observe a provider event. Comes back: a turn the provider started that plugins must check, or a close
         (code, reason) when the session must end once the event is forwarded."""
         info = self._tracker.observe_server(frame)
-        if info is None:
+        if info is None:  # a delta the tracker absorbed
+            if self._frame_audio is not None:
+                self._frame_audio.provider_audio(frame)
             return None
         handler = self._server_handlers.get(info.type)  # type: ignore[arg-type]  # a scanned event always has a type
         if handler is not None:
@@ -174,6 +187,8 @@ class RealtimeSession:
             turn = self._turns.get(info.response_id)  # type: ignore[arg-type]  # deltas always name their response
             if turn is not None and turn.first_delta_at is None:
                 turn.first_delta_at = time.monotonic()
+            if self._frame_audio is not None and info.type in _AUDIO_DELTA_TYPES:
+                self._frame_audio.provider_audio(frame)
         return None
 
     # ---- checks --------------------------------------------------------------------------------
@@ -208,11 +223,27 @@ class RealtimeSession:
             self._voice = voice
         if isinstance(session.get("tools"), list):
             self._tools = [t for t in session["tools"] if isinstance(t, dict)]
+        if self.audio is not None:
+            self.audio.formats(
+                audio_format(_dict(audio.get("input")).get("format", session.get("input_audio_format"))),
+                audio_format(_dict(audio.get("output")).get("format", session.get("output_audio_format"))),
+            )
         transcription = _dict(audio.get("input")).get("transcription", session.get("input_audio_transcription"))
         self._transcription_model = transcription.get("model") if isinstance(transcription, dict) else None
 
     def _on_committed(self, frame: str, info: Any) -> None:
         self._last_commit_at = time.monotonic()
+        if self.audio is not None:
+            self.audio.committed(self._tracker.take_input_audio_bytes())
+
+    def _on_cleared(self, frame: str, info: Any) -> None:
+        if self.audio is not None:
+            self._tracker.take_input_audio_bytes()
+            self.audio.cleared()
+
+    def _on_output_audio_stopped(self, frame: str, info: Any) -> None:
+        if self.audio is not None:
+            self.audio.output_stopped(info.response_id)
 
     def _on_item(self, frame: str, info: Any) -> None:
         turn_input = input_from_item(_loads(frame).get("item"))
@@ -283,6 +314,8 @@ class RealtimeSession:
         )
         self._last_commit_at = None
         self._turns[response_id] = turn
+        if self.audio is not None:
+            self.audio.turn_started(response_id)
         for turn_input in inputs:
             if turn_input.item_id:
                 self._turn_by_item[turn_input.item_id] = turn
@@ -331,6 +364,8 @@ class RealtimeSession:
             # _finish folds pending orphan transcriptions into the record it writes.
             self._record_transcription_only([], 0.0, [])
         self._tracker.clear()
+        if self.audio is not None:
+            self.audio.close()
 
     def _finish(
         self,
@@ -362,6 +397,8 @@ class RealtimeSession:
             inputs=inputs,
             raw_response=raw_response,
         )
+        if self.audio is not None:
+            self.audio.turn_finished(record, output.audio_bytes if output else 0)
         self._writer.submit(record)
         self.turns_recorded += 1
         self._hooks.turn_finished(record)

@@ -48,6 +48,14 @@ def _error(status: int, type_: str, code: str, message: str, param: str | None =
     return Response(RealtimeError(type_, code, message, param).http_body(), status, media_type="application/json")
 
 
+def admin_refusal(request: Request, is_admin: Callable[[str], bool]) -> Response | None:
+    """The 401 for a request without an admin key; None when it presents one. Every admin route answers the same."""
+    credential = presented_credential(scope_headers(request.scope), ())
+    if credential is None or not is_admin(credential):
+        return _error(401, "invalid_request_error", "invalid_api_key", "An admin key is required.")
+    return None
+
+
 def _integer(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = query.get(name)
     if raw is None:
@@ -118,9 +126,9 @@ class LogsApi:
         return await self._answer(request, self._logs)
 
     async def _answer(self, request: Request, build: Callable[[Request], Awaitable[Response | dict[str, Any]]]) -> Response:
-        credential = presented_credential(scope_headers(request.scope), ())
-        if credential is None or not self._is_admin(credential):
-            return _error(401, "invalid_request_error", "invalid_api_key", "An admin key is required.")
+        refusal = admin_refusal(request, self._is_admin)
+        if refusal is not None:
+            return refusal
         try:
             body = await build(request)
         except _BadRequest as bad:

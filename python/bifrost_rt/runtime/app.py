@@ -23,6 +23,7 @@ from bifrost_rt.http.error_responses import error_response
 from bifrost_rt.http.logs_api import LogsApi
 from bifrost_rt.http.origin import origin_checked
 from bifrost_rt.http.realtime import RealtimeWebSocketEndpoint
+from bifrost_rt.http.turn_audio import TurnAudioApi
 from bifrost_rt.policy.hooks import Plugin
 from bifrost_rt.runtime.gateway import Gateway
 from bifrost_rt.state.turn_writer import TurnSink
@@ -62,6 +63,13 @@ def _ui_routes(gateway: Gateway) -> list[Mount]:
     from bifrost_rt.http.ui import PREFIX, SessionUi  # Jinja2 loads only where the UI is enabled
 
     return [Mount(PREFIX, app=SessionUi(gateway, gateway.turn_log, gateway.kv).app())]
+
+
+def _audio_routes(gateway: Gateway) -> list[Route]:
+    if gateway.audio is None:
+        return []
+    api = TurnAudioApi(gateway.audio.store, gateway.authenticator.is_admin)
+    return [Route("/api/logs/turns/{turn_id}/audio/{direction}", api.audio, methods=["GET"])]
 
 
 def create_app(
@@ -124,6 +132,7 @@ def create_app(
         Route("/api/client_secrets/revoke", checked(RevokeEndpoint(gateway).handle), methods=["POST"]),
         *_log_routes(gateway),
         *_ui_routes(gateway),
+        *_audio_routes(gateway),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),

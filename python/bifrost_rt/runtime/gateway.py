@@ -11,6 +11,7 @@ import httpx
 
 from bifrost_rt import errors
 from bifrost_rt.config import GatewayConfig, KeyPolicy
+from bifrost_rt.core.audio import AudioCapture
 from bifrost_rt.core.registry import SessionRegistry
 from bifrost_rt.core.session import RealtimeSession
 from bifrost_rt.policy.auth import Authenticator, Principal, key_id
@@ -21,6 +22,8 @@ from bifrost_rt.policy.pricing import PriceTable
 from bifrost_rt.providers import ModelResolver, Route
 from bifrost_rt.records import TurnRecord
 from bifrost_rt.runtime.metrics import GatewayMetrics
+from bifrost_rt.state.audio_store import AudioStore
+from bifrost_rt.state.audio_writer import AudioWriter
 from bifrost_rt.state.kv import KVStore, MemoryKV
 from bifrost_rt.state.turn_log import SpoolingStore, SQLiteTurnStore
 from bifrost_rt.state.turn_writer import LogLineSink, TurnSink, TurnWriter
@@ -71,6 +74,7 @@ class Gateway:
         if self.turn_log is not None:
             sinks.append(self.turn_log)
         self.turns = TurnWriter([*sinks, self.metrics.sink()], config.turn_log.queue_size)
+        self.audio = self._audio_writer()
 
         hooks = config.hooks
         builtin = [GovernancePlugin(self.governance)] if self.governance.limits_turns else []
@@ -104,6 +108,14 @@ class Gateway:
             inner, log.spill_path, max_bytes=log.spill_max_bytes, retry_initial_s=log.retry_initial_s, retry_max_s=log.retry_max_s
         )
 
+    def _audio_writer(self) -> AudioWriter | None:
+        """Only when some key records audio."""
+        if not any(vk.record_audio for vk in self.config.virtual_keys):
+            return None
+        audio = self.config.audio
+        store = AudioStore(audio.directory, max_bytes=audio.max_bytes, retention_s=audio.retention_s)
+        return AudioWriter(store, queue_size=audio.queue_size, max_queued_bytes=audio.max_queued_bytes, sweep_interval_s=audio.sweep_interval_s)
+
     def _gauges(self) -> dict[str, object]:
         gauges = {
             "turn_queue_depth": lambda: self.turns.depth,
@@ -111,6 +123,19 @@ class Gateway:
             "hook_queue_depth": lambda: self.hooks.depth,
             "governance_store_failures": lambda: self.governance.kv_failures,
         }
+        if self.audio is not None:
+            audio = self.audio
+            gauges.update(
+                {
+                    "audio_turns_dropped": lambda: audio.dropped_turns,
+                    "audio_queue_depth": lambda: audio.depth,
+                    "audio_clips_written": lambda: audio.written,
+                    "audio_write_failures": lambda: audio.failures,
+                    "audio_store_bytes": lambda: audio.store.total_bytes,
+                    "audio_clips_evicted": lambda: audio.store.evicted,
+                    "audio_clips_expired": lambda: audio.store.expired,
+                }
+            )
         if self.turn_log is not None:
             log = self.turn_log
             gauges.update(
@@ -127,6 +152,11 @@ class Gateway:
         self, *, principal: Principal, route: Route, transport: str, session_group: str | None, session_id: str | None = None
     ) -> RealtimeSession:
         log_content = principal.virtual_key.log_content
+        if log_content is None:
+            log_content = self.config.turn_log.log_content
+        audio = None
+        if self.audio is not None and principal.virtual_key.record_audio and log_content:  # no content, no audio
+            audio = AudioCapture(self.audio, opus=transport == "webrtc", max_turn_bytes=self.config.audio.max_turn_bytes)
         return RealtimeSession(
             session_id=session_id,
             hooks=self.hooks,
@@ -138,8 +168,9 @@ class Gateway:
             prices=self.prices,
             writer=self.turns,
             on_turn=self.charge,
-            log_content=self.config.turn_log.log_content if log_content is None else log_content,
+            log_content=log_content,
             raw_frames=self.config.turn_log.raw_frames,
+            audio=audio,
         )
 
     def charge(self, record: TurnRecord) -> None:
@@ -167,6 +198,8 @@ class Gateway:
         if self.turn_log is not None:
             await self.turn_log.start()
         self.turns.start()
+        if self.audio is not None:
+            self.audio.start()
         self.hooks.start()
         self._renewer = asyncio.get_running_loop().create_task(self._renew_leases(), name="bifrost-rt-lease-renewal")
 
@@ -180,6 +213,8 @@ class Gateway:
         await self.registry.close()
         await stop_task(self._renewer)
         await self.turns.close()
+        if self.audio is not None:
+            await self.audio.close()
         await self.hooks.close()
         if self._charges:
             await asyncio.wait(self._charges, timeout=10)

@@ -20,10 +20,10 @@ COLUMNS = (
     "id", "object", "session_id", "session_group", "provider_session_id", "principal", "key_id", "provider",
     "model", "transport", "response_id", "status", "status_reason", "error", "inputs", "input_summary", "output",
     "output_summary", "usage", "transcription_usage", "cost_total", "cost", "total_tokens", "latency_ms",
-    "started_at", "ended_at", "metadata", "raw",
+    "started_at", "ended_at", "metadata", "raw", "audio",
 )  # fmt: skip
 JSON_COLUMNS = frozenset(
-    {"error", "inputs", "output", "usage", "transcription_usage", "cost", "latency_ms", "metadata", "raw"}
+    {"error", "inputs", "output", "usage", "transcription_usage", "cost", "latency_ms", "metadata", "raw", "audio"}
 )
 
 SCHEMA_VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
