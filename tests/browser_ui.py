@@ -7,8 +7,8 @@ saw prints as one JSON line on stdout; a full-page screenshot of each page is sa
 Run it in a network namespace whose only interface is loopback (as tests/browser_call.py is), so the pages are
 shown to work with nothing but the gateway reachable: no CDN, no font or script from elsewhere.
 
-The sessions: "support-call" (a baggage `session-id`) with a tool call, the tool's output answered, and a turn the
-word-list guardrail refuses; another whose provider closes the connection mid-answer (close 4000); and one held
+The sessions: "support-call" (a baggage `session-id`, its key records audio) with a tool call, the tool's output
+answered, a spoken question answered in speech, and a turn the word-list guardrail refuses; another whose provider closes the connection mid-answer (close 4000); and one held
 open while the live view is watched, closed to see the view empty itself without a reload.
 """
 
@@ -19,7 +19,9 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import math
 import shutil
+import struct
 import sys
 import tempfile
 import time
@@ -46,7 +48,8 @@ REFUSED_WORDS = ["wire transfer"]
 TOOLS = [{"type": "function", "name": "get_weather", "description": "weather",
           "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}]
 WINDOW = (1280, 900)
-EXPECTED_TURNS = 4  # support-call: 3 turns; the closed session: 1
+EXPECTED_TURNS = 5  # support-call: 4 turns; the closed session: 1
+SPOKEN_MS = 600
 
 
 class Failure(Exception):
@@ -183,6 +186,10 @@ SEE_KEYS = """({url: location.pathname,
   meters: [...document.querySelectorAll('svg.meter rect.meter-fill')].map((r) => Number(r.getAttribute('width')))})"""
 
 
+def tone_pcm16(ms: int, rate: int = 24000, hz: float = 440.0) -> bytes:
+    return b"".join(struct.pack("<h", int(12000 * math.sin(2 * math.pi * hz * i / rate))) for i in range(rate * ms // 1000))
+
+
 async def until_done(connection: Any) -> None:
     async for event in connection:
         if event.type == "response.done":
@@ -193,7 +200,7 @@ async def until_done(connection: Any) -> None:
 
 
 async def support_call(client: AsyncOpenAI) -> None:
-    """A tool call, its output answered, then a refused turn; one audio answer so the turn has audio tokens."""
+    """A tool call, its output answered in speech, a spoken question, then a refused turn."""
     async with client.realtime.connect(model="gpt-realtime", extra_headers={"baggage": f"session-id={GROUP}"}) as conn:
         await conn.session.update(session={"type": "realtime", "output_modalities": ["audio"], "tools": TOOLS,
                                            "audio": {"input": {"turn_detection": None}}})
@@ -210,6 +217,12 @@ async def support_call(client: AsyncOpenAI) -> None:
             raise Failure("the simulator did not call the tool")
         await conn.conversation.item.create(item={"type": "function_call_output", "call_id": call_id,
                                                   "output": '{"forecast": "sunny, 21 C"}'})
+        await conn.response.create()
+        await until_done(conn)
+        spoken = tone_pcm16(SPOKEN_MS)
+        for offset in range(0, len(spoken), 9600):
+            await conn.input_audio_buffer.append(audio=base64.b64encode(spoken[offset:offset + 9600]).decode())
+        await conn.input_audio_buffer.commit()
         await conn.response.create()
         await until_done(conn)
         await conn.conversation.item.create(item={"type": "message", "role": "user", "content": [
@@ -310,12 +323,19 @@ async def look(page: Page, gateway: ServerThread, client: AsyncOpenAI, artifacts
     seen["keys"] = await page.evaluate(SEE_KEYS)
     await shoot("keys")
 
+    seen["audio_without_login"] = await audio_status(gateway, seen["session"]["audio"])
     await page.click(".logout button")
     seen["after_logout"] = await page.evaluate(SEE_LOGIN)
     await page.open(f"{ui}/sessions/{GROUP}")
     seen["after_logout_session"] = await page.evaluate(SEE_LOGIN)
     seen["console"] = page.console
     return seen
+
+
+async def audio_status(gateway: ServerThread, players: list[dict[str, Any]]) -> list[int]:
+    """What the players' sources answer a client without the login cookie."""
+    async with httpx.AsyncClient(base_url=gateway.url) as anonymous:
+        return [(await anonymous.get(player["src"])).status_code for player in players]
 
 
 async def watch_live(page: Page, done: Any, timeout_s: float) -> dict[str, Any]:
@@ -339,7 +359,9 @@ async def scenario(binary: str, timeout_s: float, artifacts: Path) -> dict[str, 
             turn_log={"store": "sqlite", "sqlite_path": f"{state}/turns.db", "spill_path": f"{state}/spill.jsonl"},
             admin_keys=[ADMIN_KEY],
             ui={"enabled": True, "secret": UI_SECRET},
-            virtual_keys=[{"key": VIRTUAL_KEY, "name": "team-a", "team": "voice", "budget": {"usd": 5, "period": "day"}}],
+            virtual_keys=[{"key": VIRTUAL_KEY, "name": "team-a", "team": "voice", "budget": {"usd": 5, "period": "day"},
+                           "record_audio": True}],
+            audio={"directory": f"{state}/audio"},
             teams={"voice": {"budget": {"usd": 50, "period": "month"}, "max_sessions": 10}},
             plugins=[{"use": "bifrost_rt.plugins.wordlist:WordListGuardrail", "options": {"words": REFUSED_WORDS}}],
         ))

@@ -288,6 +288,37 @@ async def test_the_sessions_list_filters_and_totals(ui_gateway: ServerThread) ->
         assert ui.get("/ui/sessions/no-such-session").status_code == 404
 
 
+async def test_recorded_audio_plays_only_for_a_login(simulator: ServerThread, start_gateway: GatewayFactory, tmp_path: Path) -> None:
+    overrides = ui_overrides(tmp_path)
+    overrides["virtual_keys"] = [{"key": VIRTUAL_KEY, "name": "team-a", "record_audio": True}]
+    overrides["audio"] = {"directory": str(tmp_path / "audio")}
+    gateway, _ = start_gateway(f"{simulator.url}/v1", **overrides)
+    client = AsyncOpenAI(api_key=VIRTUAL_KEY, base_url=f"{gateway.url}/v1", websocket_base_url=f"{gateway.ws_url}/v1")
+    async with client.realtime.connect(model="gpt-realtime", extra_headers={"baggage": f"session-id={GROUP}"}) as conn:
+        await conn.session.update(session={"type": "realtime", "output_modalities": ["audio"]})
+        await conn.conversation.item.create(item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": SAID}]})
+        await conn.response.create()
+        async for event in conn:
+            if event.type == "response.done":
+                break
+    wait_for_logged(gateway, 1)
+    with httpx.Client(base_url=gateway.url) as ui:
+        log_in(ui)
+        page = ui.get(f"/ui/sessions/{GROUP}").text
+        (source,) = re.findall(r'<audio class="turn-audio"[^>]* src="([^"]+)"', page)
+        assert re.fullmatch(r"/ui/turns/turn_\w+/audio/output", source)
+        clip = ui.get(source)
+        assert clip.status_code == 200 and clip.headers["content-type"] == "audio/wav" and clip.content[:4] == b"RIFF"
+        assert clip.headers["cache-control"] == "no-store"
+        assert ui.get(source.replace("output", "input")).status_code == 404  # text in: nothing was said
+        assert ui.get(source.replace("/output", "/sideways")).status_code == 400
+        assert ui.get("/ui/turns/turn_unknown/audio/output").status_code == 404
+    anonymous = httpx.get(f"{gateway.url}{source}")
+    assert anonymous.status_code == 401 and anonymous.content[:4] != b"RIFF"
+    forged = httpx.get(f"{gateway.url}{source}", headers={"Authorization": f"Bearer {ADMIN_KEY}", "Cookie": "bifrost_rt_ui=v1.e30.x"})
+    assert forged.status_code == 401
+
+
 @pytest.mark.parametrize("store", ["none"])
 def test_without_a_turn_log_the_sessions_page_says_so(simulator: ServerThread, start_gateway: GatewayFactory, tmp_path: Path, store: str) -> None:
     overrides = ui_overrides(tmp_path)
@@ -329,7 +360,7 @@ def test_in_the_browser_the_sessions_list_shows_each_session_with_its_totals(bro
     assert listing["count"] == "2 sessions"
     support, dropped = (next(r for r in listing["rows"] if r["session"] == "support-call"),
                         next(r for r in listing["rows"] if r["session"] != "support-call"))
-    assert support["turns"] == "3" and support["key"] == "team-a" and support["transport"] == "websocket"
+    assert support["turns"] == "4" and support["key"] == "team-a" and support["transport"] == "websocket"
     assert support["flags"] == "1 refused" and dropped["flags"] == "1 failed"
     assert support["cost"].startswith("$") and float(support["cost"][1:]) > 0
     assert int(support["tokens"]) > 0
@@ -340,29 +371,44 @@ def test_in_the_browser_the_sessions_list_shows_each_session_with_its_totals(bro
 def test_in_the_browser_a_session_page_shows_transcripts_tools_refusals_costs_and_the_timeline(browser: dict[str, Any]) -> None:
     page = browser["session"]
     assert page["url"] == "/ui/sessions/support-call"
-    assert page["totals"]["turns"] == "3"
+    assert page["totals"]["turns"] == "4"
     assert "W3C baggage session-id" in page["grouping"]
     assert page["styled"] == "rgb(246, 248, 251)"  # the stylesheet loaded under the policy
-    call, answer, refused = page["turns"]
+    call, answer, spoken, refused = page["turns"]
     assert call["said"] == ["text What does get_weather say about Paris?"]
     assert call["answered"][0].startswith("tool call get_weather")
     assert '{"query":"What does get_weather say about Paris?"}' in call["answered"][0]
     assert answer["said"][0].startswith("tool output") and '{"forecast": "sunny, 21 C"}' in answer["said"][0]
     assert answer["answered"] == ['audio The function returned: {"forecast": "sunny, 21 C"}']
     assert "audio 0" not in answer["numbers"].split("Output tokens")[1]  # audio output tokens counted
+    assert spoken["said"] == ["audio [audio transcript unavailable]"] and spoken["answered"] == ["audio I heard 600 ms of audio."]
     assert refused["status"] == "refused"
     assert refused["refusal"].startswith("Refused by wordlist: content_blocked")
     turn_costs = [float(t["cost"][1:]) for t in page["turns"]]
-    assert turn_costs[0] > 0 and turn_costs[1] > 0 and turn_costs[2] == 0
+    assert turn_costs[0] > 0 and turn_costs[1] > 0 and turn_costs[2] > 0 and turn_costs[3] == 0
     assert abs(sum(turn_costs) - float(page["totals"]["cost"][1:])) < 0.00015  # rounding of each shown cost
     bars = page["bars"]
-    assert len(bars) == 3
-    assert [[s["kind"] for s in bar["segments"]] for bar in bars] == [["queue", "wait", "stream"], ["queue", "wait", "stream"], ["refused"]]
+    assert len(bars) == 4
+    answered = ["queue", "wait", "stream"]
+    assert [[s["kind"] for s in bar["segments"]] for bar in bars] == [answered, answered, answered, ["refused"]]
     assert all(s["width"] > 0 for bar in bars for s in bar["segments"])
     starts = [bar["segments"][0]["x"] for bar in bars]
     assert starts == sorted(starts) and starts[0] < starts[-1]  # to one time scale, in order
-    assert page["gaps"] == 2
+    assert page["gaps"] == 3
     assert {s["fill"] for bar in bars for s in bar["segments"]} >= {"rgb(154, 167, 189)", "rgb(47, 158, 107)", "rgb(217, 83, 79)"}
+
+
+def test_in_the_browser_recorded_turns_have_playable_audio_that_needs_the_login(browser: dict[str, Any]) -> None:
+    page = browser["session"]
+    turn_ids = [bar["turn"] for bar in page["bars"]]
+    players = [(player["src"], player["readyState"], player["error"]) for player in page["audio"]]
+    assert players == [
+        (f"/ui/turns/{turn_ids[1]}/audio/output", 4, None),  # the spoken answer to the tool's output
+        (f"/ui/turns/{turn_ids[2]}/audio/input", 4, None),  # what the client said
+        (f"/ui/turns/{turn_ids[2]}/audio/output", 4, None),
+    ]  # HAVE_ENOUGH_DATA: Chromium decoded the clips
+    assert [round(player["duration"], 2) for player in page["audio"]] == [0.6, 0.6, 0.6]
+    assert browser["audio_without_login"] == [401, 401, 401]
 
 
 def test_in_the_browser_a_closed_session_shows_its_error_and_close_code(browser: dict[str, Any]) -> None:

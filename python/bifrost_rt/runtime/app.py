@@ -62,7 +62,8 @@ def _ui_routes(gateway: Gateway) -> list[Mount]:
         return []
     from bifrost_rt.http.ui import PREFIX, SessionUi  # Jinja2 loads only where the UI is enabled
 
-    return [Mount(PREFIX, app=SessionUi(gateway, gateway.turn_log, gateway.kv).app())]
+    audio = gateway.audio.store if gateway.audio is not None else None
+    return [Mount(PREFIX, app=SessionUi(gateway, gateway.turn_log, gateway.kv, audio).app())]
 
 
 def _audio_routes(gateway: Gateway) -> list[Route]:

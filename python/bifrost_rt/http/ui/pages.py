@@ -25,8 +25,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bifrost_rt.errors import RealtimeError
 from bifrost_rt.http.services import Services
+from bifrost_rt.http.turn_audio import audio_response
 from bifrost_rt.http.ui import views
 from bifrost_rt.http.ui.logins import LOGIN_COOKIE, PRE_LOGIN_COOKIE, PRE_LOGIN_TTL_S, Login, Logins
+from bifrost_rt.state.audio_store import AudioStore
 from bifrost_rt.state.kv import KVStore, KVUnavailable
 from bifrost_rt.state.turn_log import StoreUnavailable, TurnLogStore, TurnQuery
 
@@ -88,11 +90,12 @@ def _page_number(request: Request) -> int:
 
 
 class SessionUi:
-    def __init__(self, services: Services, store: TurnLogStore | None, kv: KVStore) -> None:
+    def __init__(self, services: Services, store: TurnLogStore | None, kv: KVStore, audio: AudioStore | None = None) -> None:
         config = services.config.ui
         assert config.secret is not None
         self.services = services
         self.store = store
+        self.audio = audio
         self.logins = Logins(config.secret.get_secret_value(), services.authenticator, kv, config.session_ttl_s)
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("bifrost_rt.http.ui", "templates"),
@@ -108,6 +111,7 @@ class SessionUi:
             Route("/logout", self.log_out, methods=["POST"]),
             Route("/sessions", self.sessions, methods=["GET"]),
             Route("/sessions/{session_id:path}", self.session, methods=["GET"]),
+            Route("/turns/{turn_id}/audio/{direction}", self.turn_audio, methods=["GET"]),
             Route("/live", self.live, methods=["GET"]),
             Route("/live.json", self.live_json, methods=["GET"]),
             Route("/keys", self.keys, methods=["GET"]),
@@ -281,6 +285,20 @@ class SessionUi:
             pages=max(1, math.ceil(total / TURNS_PER_PAGE)),
             total=total,
         )
+
+    async def turn_audio(self, request: Request) -> Response:
+        """A recorded clip for the page's <audio> players; without a login, nothing (not even whether it exists)."""
+        try:
+            login = await self._login(request)
+        except KVUnavailable:
+            login = None
+        if login is None:
+            error = RealtimeError("invalid_request_error", "invalid_api_key", "Log in with an admin key.")
+            return Response(error.http_body(), 401, media_type="application/json")
+        if self.audio is None:
+            error = RealtimeError("invalid_request_error", "not_found", "No key records audio on this gateway.", "turn_id")
+            return Response(error.http_body(), 404, media_type="application/json")
+        return audio_response(self.audio, request.path_params["turn_id"], request.path_params["direction"])
 
     # ---- live --------------------------------------------------------------------------------------------
 

@@ -148,9 +148,22 @@ class TurnView:
         who = error.get("plugin") or "the gateway"
         return f"{who}: {error.get('code') or self.row.get('status_reason') or 'refused'}"
 
-    @property
-    def audio(self) -> Any:
-        return self.row.get("audio")
+    def recordings(self, prefix: str) -> list[dict[str, str]]:
+        """The turn's recorded audio, per direction, as the page's players load it (empty when not recorded)."""
+        found = []
+        for direction in ("input", "output"):
+            clip = (self.row.get("audio") or {}).get(direction)
+            if isinstance(clip, dict):
+                length = seconds(clip.get("duration_ms"))
+                cut = ", cut at the size cap" if clip.get("truncated") else ""
+                found.append(
+                    {
+                        "direction": direction,
+                        "label": f"{'user' if direction == 'input' else 'model'} audio · {clip.get('format')} · {length}{cut}",
+                        "url": f"{prefix}/turns/{self.row['id']}/audio/{direction}",
+                    }
+                )
+        return found
 
 
 def turn_views(rows: list[Row], first_number: int) -> list[TurnView]:
