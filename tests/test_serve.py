@@ -236,13 +236,15 @@ async def test_workers_log_their_turns_and_drain_on_sigterm(tmp_path):
 
 
 def test_the_example_configuration_loads(monkeypatch):
-    for name in ("OPENAI_API_KEY", "TEAM_A_KEY", "TEAM_B_KEY", "BIFROST_RT_ADMIN_KEY", "BIFROST_RT_CLIENT_SECRET_KEY", "TURN_CREDENTIAL"):
+    for name in ("OPENAI_API_KEY", "TEAM_A_KEY", "TEAM_B_KEY", "BIFROST_RT_ADMIN_KEY", "BIFROST_RT_CLIENT_SECRET_KEY", "TURN_CREDENTIAL",
+                 "BIFROST_RT_UI_SECRET"):
         monkeypatch.setenv(name, f"value-of-{name.lower()}")
     config = load_config(ROOT / "examples" / "gateway.yaml")
     assert config.models["fast"].model == "gpt-realtime-mini"
     assert config.virtual_keys[1].allowed_models == ["fast", "gpt-realtime-mini"]
     assert config.client_secrets.secret.get_secret_value() == "value-of-bifrost_rt_client_secret_key"
     assert config.webrtc.ice_servers[1].credential.get_secret_value() == "value-of-turn_credential"
+    assert config.ui.enabled and config.ui.secret.get_secret_value() == "value-of-bifrost_rt_ui_secret"
 
 
 def test_demo_holds_a_conversation_and_reads_it_back_from_the_turn_log(tmp_path):
