@@ -333,6 +333,14 @@ async def test_sessions_are_pages_of_groups_with_totals_over_all_their_turns(sto
     with pytest.raises(ValueError):
         await store.sessions(TurnQuery(), limit=0)
 
+    # The longest summaries a record holds, in four-byte characters that do not compress, still go into the
+    # indexes (a PostgreSQL B-tree entry holds 2.7 kB at most) and are found.
+    wide = record(6, group="wide")
+    wide.input_summary = "".join(chr(0x20000 + (n * 7919) % 0xA000) for n in range(1023)) + "…"
+    wide.output_summary = "".join(chr(0x20000 + (n * 104729) % 0xA000) for n in range(1023)) + "…"
+    await store.write([wide])
+    assert await groups(text=wide.input_summary[500:503]) == ["wide"]
+
 
 async def test_nul_characters_are_kept_as_replacement_characters(store: TurnLogStore) -> None:
     written = record(1)
