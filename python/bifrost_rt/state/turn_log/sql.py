@@ -87,22 +87,23 @@ class SqlTurnStore(TurnLogStore):
 
     async def sessions(self, filters: TurnQuery, *, limit: int = 50, offset: int = 0) -> tuple[list[Row], int]:
         """Two steps, so the totals are summed over one page of groups only: the page of groups by their latest
-        matching turn, then each group's totals over all its turns (through the session_group index)."""
+        matching turn (with the number of groups, counted by a window over the same scan), then each group's
+        totals over all its turns (through the session_group index)."""
         if limit < 1 or offset < 0:
             raise ValueError("limit must be at least 1 and offset at least 0")
         conditions = filters.conditions()
         where = " AND ".join(sql for sql, _ in conditions) or "1 = 1"
         params = [value for _, value in conditions]
-        ((count,),) = await self._select(f"SELECT COUNT(DISTINCT session_group) FROM {TABLE} WHERE {where}", params)
-        total = int(count)
-        if offset >= total:
-            return [], total
         page = await self._select(
-            f"SELECT session_group, MAX(started_at) AS latest FROM {TABLE} WHERE {where} "
+            f"SELECT session_group, MAX(started_at) AS latest, COUNT(*) OVER () FROM {TABLE} WHERE {where} "
             "GROUP BY session_group ORDER BY latest DESC, session_group DESC LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
-        groups = [group for group, _ in page]
+        if not page:  # past the last page, or nothing matches: count on its own
+            ((count,),) = await self._select(f"SELECT COUNT(DISTINCT session_group) FROM {TABLE} WHERE {where}", params)
+            return [], int(count)
+        total = int(page[0][2])
+        groups = [group for group, _, _ in page]
         marks = ", ".join("?" * len(groups))
         rows = await self._select(
             "SELECT session_group, COUNT(*), CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT), COALESCE(SUM(cost_total), 0), "
