@@ -10,6 +10,7 @@ import shutil
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -317,6 +318,19 @@ async def test_recorded_audio_plays_only_for_a_login(simulator: ServerThread, st
     assert anonymous.status_code == 401 and anonymous.content[:4] != b"RIFF"
     forged = httpx.get(f"{gateway.url}{source}", headers={"Authorization": f"Bearer {ADMIN_KEY}", "Cookie": "bifrost_rt_ui=v1.e30.x"})
     assert forged.status_code == 401
+
+
+async def test_what_clients_said_is_shown_as_text_never_as_markup(ui_gateway: ServerThread) -> None:
+    said = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
+    await hold_a_session(ui_gateway, text=said, group='"><b>group</b>')
+    wait_for_logged(ui_gateway, 2)
+    with httpx.Client(base_url=ui_gateway.url) as ui:
+        log_in(ui)
+        listing = ui.get("/ui/sessions").text
+        assert "<b>group</b>" not in listing and "&#34;&gt;&lt;b&gt;group&lt;/b&gt;" in listing
+        page = ui.get("/ui/sessions/" + quote('"><b>group</b>', safe="")).text
+        assert "<img src=x" not in page and "<script>alert" not in page
+        assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;&lt;script&gt;alert(2)&lt;/script&gt;" in page
 
 
 @pytest.mark.parametrize("store", ["none"])

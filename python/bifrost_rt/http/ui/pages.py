@@ -11,7 +11,6 @@ import logging
 import math
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from typing import Any
 
 import jinja2
@@ -24,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bifrost_rt.errors import RealtimeError
+from bifrost_rt.http.logs_api import parse_time
 from bifrost_rt.http.services import Services
 from bifrost_rt.http.turn_audio import audio_response
 from bifrost_rt.http.ui import views
@@ -71,17 +71,6 @@ class _SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-
-def _timestamp(text: str) -> float:
-    """A datetime-local value (taken as UTC), an ISO 8601 time or unix seconds."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    moment = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text)
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _page_number(request: Request) -> int:
@@ -213,8 +202,8 @@ class SessionUi:
         for name in times:
             if chosen[name]:
                 try:
-                    times[name] = _timestamp(chosen[name])
-                except (ValueError, OverflowError):
+                    times[name] = parse_time(chosen[name])
+                except ValueError:
                     problems.append(f"{name} is not a date and time; it was ignored")
         filters = TurnQuery(
             principal=chosen["key"] or None,
