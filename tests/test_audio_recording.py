@@ -232,7 +232,7 @@ async def test_webrtc_turn_audio_is_recorded_as_ogg_opus_that_plays(tmp_path):
                 await caller.until("session.updated")
                 caller.microphone.speak(600)
                 done = (await caller.until("response.done"))[-1]
-                await caller.loud_frames(15)
+                await caller.until("output_audio_buffer.stopped")  # the provider's last audio packet has gone out
             record = await asyncio.wait_for(_record_for(sink, done["response"]["id"]), TIMEOUT_S)
             assert record.transport == "webrtc"
             assert record.audio["input"]["format"] == record.audio["output"]["format"] == "ogg-opus"

@@ -88,6 +88,7 @@ class RealtimeSession:
         raw_frames: bool = False,
         session_id: str | None = None,
         audio: AudioCapture | None = None,
+        traceparent: str | None = None,
     ) -> None:
         self.id = session_id or new_id("sess_bf")
         self.principal = principal
@@ -97,6 +98,8 @@ class RealtimeSession:
         self.provider_session_id: str | None = None
         self.model = route.upstream_model
         self.started_at = time.monotonic()
+        self.started_unix = time.time()
+        self.traceparent = traceparent
         self._tracker = _native.Tracker(
             max_text_bytes=limits.max_text_bytes,
             max_arguments_bytes=limits.max_arguments_bytes,
@@ -142,8 +145,9 @@ class RealtimeSession:
     @property
     def info(self) -> SessionInfo:
         return SessionInfo(
-            self.id, self.session_group, self.principal.name, self.principal.key_id, self.route.provider_name, self.model, self.transport
-        )
+            self.id, self.session_group, self.principal.name, self.principal.key_id, self.route.provider_name, self.model, self.transport,
+            self.started_unix, self.traceparent,
+        )  # fmt: skip
 
     @property
     def open_turns(self) -> int:

@@ -24,7 +24,7 @@ from bifrost_rt.core.relay import Relay
 from bifrost_rt.errors import RealtimeError, new_id
 from bifrost_rt.http.admission import Admission, admit
 from bifrost_rt.http.error_responses import error_response, provider_error_response
-from bifrost_rt.http.handshake import baggage_session_id, scope_headers
+from bifrost_rt.http.handshake import baggage_session_id, scope_headers, traceparent
 from bifrost_rt.http.services import Services
 from bifrost_rt.policy.auth import presented_credential
 from bifrost_rt.rtc.offers import OfferError, read_offer
@@ -151,6 +151,7 @@ class CallRelay:
             route=admission.route,
             transport="webrtc",
             session_group=baggage_session_id(headers),
+            traceparent=traceparent(headers),
             session_id=session_id,
         )
         relay = Relay(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 BAGGAGE_SESSION_ID_MAX = 255
+# W3C Trace Context: version-trace_id-parent_id-flags, lower-case hex.
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 def scope_headers(scope: Mapping[str, Any]) -> dict[str, str]:
@@ -25,6 +28,14 @@ def scope_query(scope: Mapping[str, Any]) -> dict[str, str]:
     for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
         query.setdefault(name, value)
     return query
+
+
+def traceparent(headers: Mapping[str, str]) -> str | None:
+    """The client's W3C `traceparent`, when well formed (not version ff, ids not all zero), for its trace to go on."""
+    value = headers.get("traceparent", "").strip()
+    if not _TRACEPARENT.fullmatch(value) or value.startswith("ff") or "-" + "0" * 32 + "-" in value or value[36:52] == "0" * 16:
+        return None
+    return value
 
 
 def baggage_session_id(headers: Mapping[str, str]) -> str | None:

@@ -13,7 +13,7 @@ from bifrost_rt.core.relay import Relay
 from bifrost_rt.errors import RealtimeError, new_id
 from bifrost_rt.http.admission import admit
 from bifrost_rt.http.calls import CallRelay
-from bifrost_rt.http.handshake import baggage_session_id, scope_headers, scope_query
+from bifrost_rt.http.handshake import baggage_session_id, scope_headers, scope_query, traceparent
 from bifrost_rt.http.services import Services
 from bifrost_rt.policy.auth import Principal, presented_credential
 from bifrost_rt.providers import Route
@@ -74,7 +74,8 @@ class RealtimeWebSocketEndpoint:
                 await _refuse(send, selected, refused.error)
                 return
             session = gateway.new_session(
-                principal=principal, route=route, transport="websocket", session_group=baggage_session_id(headers), session_id=session_id
+                principal=principal, route=route, transport="websocket", session_group=baggage_session_id(headers), session_id=session_id,
+                traceparent=traceparent(headers),
             )
             try:
                 await send({"type": "websocket.accept", "subprotocol": selected})

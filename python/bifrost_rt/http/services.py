@@ -30,5 +30,6 @@ class Services(Protocol):
     http: httpx.AsyncClient
 
     def new_session(
-        self, *, principal: Principal, route: Route, transport: str, session_group: str | None, session_id: str | None = None
+        self, *, principal: Principal, route: Route, transport: str, session_group: str | None, session_id: str | None = None,
+        traceparent: str | None = None,
     ) -> RealtimeSession: ...

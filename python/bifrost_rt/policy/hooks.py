@@ -40,6 +40,8 @@ class SessionInfo:
     provider: str
     model: str | None
     transport: str
+    started_at: float = 0.0  # unix seconds
+    traceparent: str | None = None  # the client's W3C trace context, when it sent one
 
 
 @dataclass(frozen=True, slots=True)

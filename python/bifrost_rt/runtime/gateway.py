@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import httpx
 
 from bifrost_rt import errors
-from bifrost_rt.config import GatewayConfig, KeyPolicy
+from bifrost_rt.config import ConfigError, GatewayConfig, KeyPolicy
 from bifrost_rt.core.audio import AudioCapture
 from bifrost_rt.core.registry import SessionRegistry
 from bifrost_rt.core.session import RealtimeSession
@@ -77,9 +77,17 @@ class Gateway:
         self.audio = self._audio_writer()
 
         hooks = config.hooks
-        builtin = [GovernancePlugin(self.governance)] if self.governance.limits_turns else []
+        builtin: list[Plugin] = [GovernancePlugin(self.governance)] if self.governance.limits_turns else []
+        self.tracing = None
+        if config.telemetry.endpoint is not None:
+            try:
+                from bifrost_rt.runtime.telemetry import Tracing  # the OpenTelemetry SDK loads only when configured
+            except ModuleNotFoundError as missing:
+                raise ConfigError(f"telemetry.endpoint needs the OpenTelemetry SDK ({missing.name}): pip install 'bifrost-rt[telemetry]'") from None
+            self.tracing = Tracing(config.telemetry)
+        observers: list[Plugin] = [self.tracing] if self.tracing is not None else []
         self.hooks = HookPipeline(
-            [*builtin, *plugins, *(load_plugin(p.use, p.options) for p in config.plugins)],
+            [*builtin, *plugins, *(load_plugin(p.use, p.options) for p in config.plugins), *observers],
             pre_turn_timeout_s=hooks.pre_turn_timeout_ms / 1000,
             fail_closed=hooks.on_failure == "closed",
             queue_size=hooks.queue_size,
@@ -149,7 +157,8 @@ class Gateway:
         return gauges
 
     def new_session(
-        self, *, principal: Principal, route: Route, transport: str, session_group: str | None, session_id: str | None = None
+        self, *, principal: Principal, route: Route, transport: str, session_group: str | None, session_id: str | None = None,
+        traceparent: str | None = None,
     ) -> RealtimeSession:
         log_content = principal.virtual_key.log_content
         if log_content is None:
@@ -171,6 +180,7 @@ class Gateway:
             log_content=log_content,
             raw_frames=self.config.turn_log.raw_frames,
             audio=audio,
+            traceparent=traceparent,
         )
 
     def charge(self, record: TurnRecord) -> None:
@@ -216,6 +226,8 @@ class Gateway:
         if self.audio is not None:
             await self.audio.close()
         await self.hooks.close()
+        if self.tracing is not None:
+            await self.tracing.close()
         if self._charges:
             await asyncio.wait(self._charges, timeout=10)
         if self.turn_log is not None:

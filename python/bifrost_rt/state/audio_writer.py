@@ -13,7 +13,9 @@ import logging
 from dataclasses import dataclass
 
 import orjson
+import pybase64
 
+from bifrost_rt import _native
 from bifrost_rt.state.audio_formats import OGG_OPUS, ogg_opus, rtp_payload, wav
 from bifrost_rt.state.audio_store import AudioStore
 from bifrost_rt.tasks import stop_task
@@ -38,6 +40,39 @@ class AudioClip:
 _YIELD_EVERY = 32  # frames decoded between yields to the event loop, so a long turn never holds the relay up
 
 
+def _base64_audio(frame: str | bytes, direction: str, response_id: str | None) -> str | None:
+    """The base64 audio of an append frame (input) or of one of the turn's audio deltas (output).
+
+    The native scanner finds the field without parsing the rest; its offsets are UTF-8 bytes, so a frame with
+    other characters, or an escaped payload, is parsed in full instead."""
+    if not isinstance(frame, str):
+        return None
+    info = _native.scan(frame)
+    if direction == "output" and (info.type not in _OUTPUT_AUDIO_DELTAS or info.response_id != response_id):
+        return None
+    if info.payload_start >= 0 and frame.isascii():
+        payload = frame[info.payload_start : info.payload_start + info.payload_len]
+        if "\\" not in payload:
+            return payload
+    try:
+        event = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    encoded = event.get("audio" if direction == "input" else "delta") if isinstance(event, dict) else None
+    return encoded if isinstance(encoded, str) else None
+
+
+def _decode_base64(encoded: str) -> bytes:
+    """SIMD base64 (an order of magnitude faster than binascii's); binascii's lenient decoder for odd input."""
+    try:
+        return pybase64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        try:
+            return binascii.a2b_base64(encoded)
+        except binascii.Error:
+            return b""
+
+
 async def _decoded(clip: AudioClip) -> bytes:
     """The clip's audio in its container: Opus payloads of RTP packets in Ogg, or the PCM/G.711 bytes of the frames'
     base64 fields in WAV."""
@@ -47,23 +82,9 @@ async def _decoded(clip: AudioClip) -> bytes:
     for index, frame in enumerate(clip.chunks):
         if index % _YIELD_EVERY == _YIELD_EVERY - 1:
             await asyncio.sleep(0)
-        try:
-            event = orjson.loads(frame)
-        except orjson.JSONDecodeError:
-            continue
-        if not isinstance(event, dict):
-            continue
-        if clip.direction == "input":
-            encoded = event.get("audio")
-        elif event.get("type") in _OUTPUT_AUDIO_DELTAS and event.get("response_id") == clip.response_id:
-            encoded = event.get("delta")
-        else:
-            continue
-        if isinstance(encoded, str):
-            try:
-                parts.append(binascii.a2b_base64(encoded))
-            except binascii.Error:
-                continue
+        encoded = _base64_audio(frame, clip.direction, clip.response_id)
+        if encoded is not None:
+            parts.append(_decode_base64(encoded))
     return wav(clip.format, b"".join(parts))
 
 

@@ -80,8 +80,8 @@ def summarize(targets: list[str], runs: list[dict[str, Any]], latencies: dict[st
     return summary
 
 
-# The gateway as shipped (turn accounting, log lines) and with governance and the SQLite turn log on.
-RELAYS = ("gateway", "governed")
+# The gateway as shipped (turn accounting, log lines), with governance and the SQLite turn log on, and recording audio.
+RELAYS = ("gateway", "governed", "recording")
 
 
 def _ratios(runs: list[dict[str, Any]], medians: dict[str, dict[str, float]], relay: str) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def _ratios(runs: list[dict[str, Any]], medians: dict[str, dict[str, float]], re
 
 def format_table(summary: dict[str, Any], header: str) -> str:
     names = list(summary["medians"])
-    label_width = max(len("governed/floor"), *(len(n) + 1 for n in names))
+    label_width = max(len("recording/floor"), *(len(n) + 1 for n in names))
     widths = [max(len(title), 9) for _, title, _ in COLUMNS]
 
     def row(label: str, cells: list[str]) -> str:

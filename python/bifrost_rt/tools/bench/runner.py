@@ -34,7 +34,7 @@ from bifrost_rt.tools.bench.load import Counts, Meter, Target
 from bifrost_rt.tools.bench.procs import BenchError, Child, Children, can_pin, free_port, python_module
 
 RELAY_CPU, LOAD_CPU = 1, 0
-TARGETS = ("direct", "floor", "gateway", "governed")
+TARGETS = ("direct", "floor", "gateway", "governed", "recording")
 DEFAULT_TARGETS = ("direct", "floor", "gateway")
 MODEL = "gpt-realtime"
 SIM_KEY, GATEWAY_KEY = "sk-sim", "sk-bf-bench"
@@ -54,7 +54,7 @@ virtual_keys:
     name: bench
 {policy}turn_log:
 {turn_log}
-"""
+{extra}"""
 # `gateway`: turn accounting with one log line per turn. `governed`: the same plus a budget, rate limits and a
 # session cap on the key (in memory, or on Redis with --redis-url) and the durable SQLite turn log.
 PLAIN_TURN_LOG = "  store: none"
@@ -64,6 +64,9 @@ GOVERNED_POLICY = """\
     max_sessions: 100000
 {store}"""
 GOVERNED_TURN_LOG = "  store: sqlite\n  sqlite_path: {path}/turns.db\n  spill_path: {path}/turns.spill.jsonl"
+# `recording`: the gateway with the key's turn audio recorded to a directory (record_audio).
+RECORDING_POLICY = "    record_audio: true\n"
+RECORDING_AUDIO = "audio:\n  directory: {path}\n"
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     full = Params()
     parser.add_argument("--redis-url", help="Redis for the governed target's counters (default: in memory)")
     parser.add_argument("--targets", default=None,
-                        help="comma-separated subset of direct,floor,gateway,governed (default: direct,floor,gateway; "
+                        help="comma-separated subset of direct,floor,gateway,governed,recording (default: direct,floor,gateway; "
                              "with --webrtc: direct,gateway)")
     for f in fields(Params):
         kind = float if f.type == "float" else int
@@ -267,17 +270,21 @@ def _start_stack(children: Children, workdir: Path, names: list[str], label: str
         floor = children.start(f"floor-{label}", python_module(
             "bifrost_rt.tools.bench.floor", "--port", port, "--upstream", upstream, "--api-key", SIM_KEY), port, RELAY_CPU)
         stack["floor"] = (Target("floor", _url(port), SIM_KEY), floor)
-    for relay in ("gateway", "governed"):
+    for relay in ("gateway", "governed", "recording"):
         if relay not in names:
             continue
         port = free_port()
         config = workdir / f"{relay}-{label}.yaml"
+        extra = ""
         if relay == "gateway":
             policy, turn_log = "", PLAIN_TURN_LOG
+        elif relay == "recording":
+            policy, turn_log, extra = RECORDING_POLICY, PLAIN_TURN_LOG, RECORDING_AUDIO.format(path=workdir / relay / label / "audio")
         else:
             store = f"store:\n  redis_url: {redis_url}\n" if redis_url else ""
             policy, turn_log = GOVERNED_POLICY.format(store=store), GOVERNED_TURN_LOG.format(path=workdir / relay / label)
-        config.write_text(GATEWAY_CONFIG.format(sim_port=sim_port, sim_key=SIM_KEY, gateway_key=GATEWAY_KEY, policy=policy, turn_log=turn_log))
+        config.write_text(GATEWAY_CONFIG.format(sim_port=sim_port, sim_key=SIM_KEY, gateway_key=GATEWAY_KEY, policy=policy, turn_log=turn_log,
+                                             extra=extra))
         gateway = children.start(f"{relay}-{label}", python_module(
             "bifrost_rt.cli", "serve", "--config", config, "--host", "127.0.0.1", "--port", port), port, RELAY_CPU)
         stack[relay] = (Target(relay, _url(port), GATEWAY_KEY), gateway)
