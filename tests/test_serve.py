@@ -77,6 +77,7 @@ def write_config(path: Path, upstream_port: int, **realtime) -> Path:
                 "virtual_keys": [{"key": VIRTUAL_KEY, "name": "team-a"}],
                 "realtime": realtime,
                 "turn_log": {"sqlite_path": str(path.parent / "turns.db"), "spill_path": str(path.parent / "turns.spill.jsonl")},
+                "ui": {"enabled": True, "secret": "serve-test-ui-cookie-secret"},  # its templates must ship too
             }
         )
     )
@@ -197,6 +198,11 @@ def test_package_installs_in_a_clean_venv_and_serves(tmp_path, install):
         wait_until_listening(port, process)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as response:
             assert json.loads(response.read())["status"] == "ready"
+        # The session UI's templates and static files are package data: they are in the installed package.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui/login") as response:
+            assert b'id="login-form"' in response.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui/static/live.js") as response:
+            assert b"setInterval(refresh" in response.read()
         located = subprocess.run(
             [str(venv / "bin" / "python"), "-c", "import bifrost_rt._native, bifrost_rt; print(bifrost_rt.__file__)"],
             cwd=tmp_path, check=True, capture_output=True, text=True,
