@@ -1,8 +1,9 @@
 """Session UI page times on a big turn log: a SQLite log of 100,000 turns, the gateway serving /ui over it.
 
-    .venv/bin/python benches/ui_pages.py [--turns 100000] [--turns-per-session 10] [--runs 30]
+    .venv/bin/python benches/ui_pages.py [--store sqlite|postgres] [--turns 100000] [--turns-per-session 10] [--runs 30]
 
-The log is written through the store's own insert (so the migrations and indexes are the shipped ones): sessions
+With `--store postgres` the log is a throwaway PostgreSQL cluster on loopback (tests/services.py), ANALYZEd after
+the fill. The log is written through the store's own insert (so the migrations and indexes are the shipped ones): sessions
 of `--turns-per-session` turns spread over 30 days, four keys, three models, both transports, one turn in 50
 failed and one in 40 refused, transcripts of a few words. Each page is fetched `--runs` times by an httpx client
 logged in with the admin key, after one warm-up fetch; the p50 and p95 of the whole request (server render
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import re
 import statistics
@@ -28,9 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from bifrost_rt.config import parse_config
 from bifrost_rt.runtime.app import create_app
-from bifrost_rt.state.turn_log import SQLiteTurnStore
+from bifrost_rt.state.turn_log import SQLiteTurnStore, TurnLogStore
+from bifrost_rt.state.turn_log.postgres import PostgresTurnStore
 
 from servers import ServerThread  # noqa: E402
+from services import PostgresServer, free_port, postgres_bin_dir  # noqa: E402
 
 ADMIN_KEY = "sk-bf-bench-admin"
 KEYS = ["team-a", "team-b", "support", "batch"]
@@ -76,9 +80,8 @@ def turn(n: int, session: int, index: int, started_at: float, rng: random.Random
     }
 
 
-async def fill(path: Path, turns: int, per_session: int) -> None:
+async def fill(store: TurnLogStore, turns: int, per_session: int) -> None:
     rng = random.Random(7)
-    store = SQLiteTurnStore(path)
     await store.start()
     now = time.time()
     batch: list[dict[str, Any]] = []
@@ -91,7 +94,26 @@ async def fill(path: Path, turns: int, per_session: int) -> None:
             batch = []
     if batch:
         await store.write_dicts(batch)
+    if isinstance(store, PostgresTurnStore):
+        await store._fetch("VACUUM ANALYZE", [])  # what autovacuum would have done: statistics, the visibility map
     await store.close()
+
+
+@contextlib.contextmanager
+def turn_log(kind: str, state: str) -> Any:
+    """(the store to fill, the gateway's turn_log configuration)."""
+    if kind == "sqlite":
+        path = Path(state) / "turns.db"
+        yield SQLiteTurnStore(path), {"store": "sqlite", "sqlite_path": str(path)}
+        return
+    server = PostgresServer(postgres_bin_dir(), free_port())
+    try:
+        server.init()
+        server.start()
+        dsn = server.create_database("ui_bench")
+        yield PostgresTurnStore(dsn), {"store": "postgres", "postgres_dsn": dsn}
+    finally:
+        server.destroy()
 
 
 def p(values: list[float], q: float) -> float:
@@ -100,20 +122,20 @@ def p(values: list[float], q: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--turns", type=int, default=100_000)
     parser.add_argument("--turns-per-session", type=int, default=10)
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="ui-bench-") as state:
-        db = Path(state) / "turns.db"
+    with tempfile.TemporaryDirectory(prefix="ui-bench-") as state, turn_log(args.store, state) as (store, log_config):
         started = time.perf_counter()
-        asyncio.run(fill(db, args.turns, args.turns_per_session))
-        print(f"filled {args.turns} turns ({args.turns // args.turns_per_session} sessions) in {time.perf_counter() - started:.1f} s")
+        asyncio.run(fill(store, args.turns, args.turns_per_session))
+        print(f"{args.store}: filled {args.turns} turns ({args.turns // args.turns_per_session} sessions) in {time.perf_counter() - started:.1f} s")
         config = parse_config({
             "providers": {"openai": {"base_url": "http://127.0.0.1:9/v1", "api_key": "unused"}},
             "virtual_keys": [{"key": f"sk-bf-{name}", "name": name} for name in KEYS],
             "admin_keys": [ADMIN_KEY],
-            "turn_log": {"store": "sqlite", "sqlite_path": str(db), "spill_path": f"{state}/spill.jsonl"},
+            "turn_log": {**log_config, "spill_path": f"{state}/spill.jsonl"},
             "ui": {"enabled": True, "secret": "bench-ui-secret-0123456789"},
         })
         with ServerThread(create_app(config, turn_sinks=[])) as gateway, httpx.Client(base_url=gateway.url, timeout=60) as ui:
