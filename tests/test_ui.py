@@ -210,6 +210,12 @@ async def test_posts_without_the_sessions_csrf_token_are_refused(ui_gateway: Ser
             assert refused.status_code == 403 and "did not come from this page" in refused.text
         assert ui.get("/ui/sessions").status_code == 200  # still logged in
         assert ui.post("/ui/logout", data={"csrf_token": token}).status_code == 303
+    # A body bigger than any of the UI's forms is refused before it is kept.
+    with httpx.Client(base_url=ui_gateway.url) as big:
+        token = csrf_of(big.get("/ui/login").text)
+        refused = big.post("/ui/login", data={"key": ADMIN_KEY, "csrf_token": token, "padding": "x" * 10_000})
+        assert refused.status_code == 413 and "bifrost_rt_ui=" not in refused.headers.get("set-cookie", "")
+        assert big.post("/ui/login", data={"key": ADMIN_KEY, "csrf_token": csrf_of(refused.text)}).status_code == 303
     # The login form is bound to the page that showed it: a post from elsewhere logs no one in.
     with httpx.Client(base_url=ui_gateway.url) as fresh:
         refused = fresh.post("/ui/login", data={"key": ADMIN_KEY, "csrf_token": "anything"})

@@ -12,6 +12,7 @@ import math
 import time
 from collections import Counter
 from typing import Any
+from urllib.parse import parse_qs
 
 import jinja2
 import orjson
@@ -37,6 +38,7 @@ logger = logging.getLogger("bifrost_rt.ui")
 PREFIX = "/ui"
 SESSIONS_PER_PAGE = 50
 TURNS_PER_PAGE = 200
+MAX_FORM_BYTES = 8192  # the UI's forms hold a key and a token; a bigger body is refused before it is kept
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; media-src 'self'; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -71,6 +73,20 @@ class _SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+async def _small_form(request: Request) -> dict[str, str] | None:
+    """The fields of an urlencoded form of at most MAX_FORM_BYTES; None for anything bigger or malformed."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return None
+    try:
+        fields = parse_qs(body.decode("utf-8"), max_num_fields=8, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return {name: values[0] for name, values in fields.items()}
 
 
 def _page_number(request: Request) -> int:
@@ -156,11 +172,13 @@ class SessionUi:
         return self._login_page(request)
 
     async def log_in(self, request: Request) -> Response:
-        form = await request.form()
+        form = await _small_form(request)
+        if form is None:
+            return self._login_page(request, 413, "The form was too large.")
         token, key = form.get("csrf_token"), form.get("key")
-        if not self.logins.pre_login_valid(request.cookies.get(PRE_LOGIN_COOKIE), token if isinstance(token, str) else None):
+        if not self.logins.pre_login_valid(request.cookies.get(PRE_LOGIN_COOKIE), token):
             return self._login_page(request, 403, "The form expired or did not come from this page; log in again.")
-        result = self.logins.log_in(key.strip()) if isinstance(key, str) and key.strip() else None
+        result = self.logins.log_in(key.strip()) if key and key.strip() else None
         if result is None:
             return self._login_page(request, 401, "That is not an admin key.")
         cookie, login = result
@@ -177,9 +195,8 @@ class SessionUi:
             return self._error_page(503, "The gateway's store is unavailable; try again shortly.")
         if login is None:
             return RedirectResponse(f"{PREFIX}/login", 303)
-        form = await request.form()
-        token = form.get("csrf_token")
-        if not self.logins.csrf_valid(login.sid, token if isinstance(token, str) else None):
+        form = await _small_form(request)
+        if not self.logins.csrf_valid(login.sid, form.get("csrf_token") if form else None):
             return self._error_page(403, "The form did not come from this page.", login)
         try:
             await self.logins.log_out(login)
