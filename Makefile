@@ -28,7 +28,7 @@ demo: install
 lint: install
 	$(BIN)/lint-imports
 	$(BIN)/ruff check python tests benches
-	$(BIN)/mypy python/bifrost_rt/core python/bifrost_rt/policy
+	$(BIN)/mypy python/bifrost_rt/core python/bifrost_rt/dialects python/bifrost_rt/policy
 	cargo clippy --release -q --all-targets -- -D warnings
 	cargo clippy --release -q --all-targets --features python -- -D warnings
 

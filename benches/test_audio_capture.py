@@ -20,6 +20,8 @@ from bifrost_rt.policy.auth import Authenticator
 from bifrost_rt.policy.hooks import HookPipeline
 from bifrost_rt.policy.pricing import PriceTable
 from bifrost_rt.providers import ModelResolver
+from bifrost_rt.state.audio_formats import wav
+from bifrost_rt.state.audio_store import AudioStore
 from bifrost_rt.state.audio_writer import AudioClip, _decoded
 
 RNG = random.Random(20251202)
@@ -77,3 +79,12 @@ def test_writer_decodes_a_turn_of_output_deltas(benchmark) -> None:
     finally:
         loop.close()
     assert len(data) == 44 + 30 * 4800
+
+
+def test_store_writes_a_turn_of_audio(benchmark, tmp_path) -> None:
+    """One 3 s PCM16 recording to the directory (temporary name, then rename): the file system's share."""
+    store = AudioStore(tmp_path, max_bytes=2**40, retention_s=3600)
+    store.open()
+    data = wav("pcm16", [RNG.randbytes(3 * 48_000)])
+    counter = iter(range(10**9))
+    assert benchmark(lambda: store.put(f"turn_{next(counter)}", "output", "pcm16", data))

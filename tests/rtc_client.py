@@ -19,6 +19,7 @@ import orjson
 import pydantic
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from openai.types.beta.realtime import RealtimeServerEvent as BetaServerEvent
 from openai.types.realtime import RealtimeServerEvent
 
 from bifrost_rt.rtc.aiortc_hooks import LOOPBACK, restrict_host_candidates
@@ -27,6 +28,7 @@ from bifrost_rt.tools.simulator.webrtc import FRAME_SAMPLES, OPUS_RATE
 from servers import ServerThread
 
 SERVER_EVENT = pydantic.TypeAdapter(RealtimeServerEvent)
+BETA_SERVER_EVENT = pydantic.TypeAdapter(BetaServerEvent)
 TIMEOUT_S = 10
 KEY = "sk-test"
 LOUD_RMS = 0.05  # of full scale; the simulator's tone is about 0.18, silence through Opus about 0
@@ -89,9 +91,12 @@ class Microphone(MediaStreamTrack):
 
 
 class Caller:
-    """A WebRTC client as the SDKs make it: data channel and microphone first, then the offer."""
+    """A WebRTC client as the SDKs make it: data channel and microphone first, then the offer.
 
-    def __init__(self) -> None:
+    `beta`: a client of the retired beta protocol, whose events are checked against the beta models."""
+
+    def __init__(self, beta: bool = False) -> None:
+        self.beta = beta
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.channel = self.pc.createDataChannel("oai-events")
         self.microphone = Microphone()
@@ -151,7 +156,7 @@ class Caller:
         message = await asyncio.wait_for(self._messages.get(), TIMEOUT_S)
         assert isinstance(message, str), "events travel as text messages"
         event = orjson.loads(message)
-        assert SERVER_EVENT.validate_python(event).type == event["type"]
+        assert (BETA_SERVER_EVENT if self.beta else SERVER_EVENT).validate_python(event).type == event["type"]
         return event
 
     async def expect(self, *types: str) -> list[dict[str, Any]]:
@@ -175,7 +180,7 @@ class Caller:
     async def say(self, text: str) -> None:
         self.send("conversation.item.create",
                   item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
-        await self.expect("conversation.item.added", "conversation.item.done")
+        await self.expect(*(("conversation.item.created",) if self.beta else ("conversation.item.added", "conversation.item.done")))
 
     async def loud_frames(self, count: int) -> list[bytes]:
         """Waits until `count` loud frames of the simulator's audio have arrived; returns the loud frames."""
@@ -205,10 +210,10 @@ class Caller:
 
 @asynccontextmanager
 async def call(
-    server: ServerThread, key: str = KEY, session: dict[str, Any] | None = None, path: str = "/v1/realtime/calls"
+    server: ServerThread, key: str = KEY, session: dict[str, Any] | None = None, path: str = "/v1/realtime/calls", beta: bool = False
 ) -> AsyncIterator[tuple[Caller, str]]:
     """A connected caller past `session.created` (and `session.updated` when `session` is given), with its call id."""
-    caller = Caller()
+    caller = Caller(beta)
     try:
         offer = await caller.offer()
         async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
@@ -217,7 +222,7 @@ async def call(
         assert reply.status_code == 201, reply.text
         await caller.accept(reply.text)
         (created,) = await caller.expect("session.created")
-        assert created["session"]["type"] == "realtime"
+        assert ("modalities" if beta else "type") in created["session"]
         if session:
             caller.send("session.update", session={"type": "realtime", **session})
             await caller.expect("session.updated")

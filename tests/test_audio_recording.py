@@ -17,12 +17,12 @@ import av
 import httpx
 import pytest
 from openai import AsyncOpenAI
-from test_gateway_clients import tone_pcm16, until_done
 
 from bifrost_rt.config import parse_config
 from bifrost_rt.runtime.app import create_app
 from bifrost_rt.state.audio_formats import ogg_opus, wav
 from bifrost_rt.state.audio_store import AudioStore
+from bifrost_rt.state.audio_writer import AudioClip, AudioWriter
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
 from bifrost_rt.tools.simulator.audio import TONE_HZ
 from bifrost_rt.tools.simulator.webrtc import OPUS_RATE
@@ -30,6 +30,7 @@ from bifrost_rt.tools.simulator.webrtc import OPUS_RATE
 from conftest import VIRTUAL_KEY, CapturingSink, gateway_config
 from rtc_client import LOUD_RMS, TIMEOUT_S, VOICE_HZ, call, rms, zero_crossing_hz
 from servers import ServerThread
+from test_gateway_clients import tone_pcm16, until_done
 
 ADMIN_KEY = "sk-bf-admin-audio"
 QUIET_KEY = "sk-bf-no-content"
@@ -166,7 +167,7 @@ def test_the_store_keeps_its_cap_and_retention_across_restarts(tmp_path):
     store = AudioStore(tmp_path, max_bytes=10_000, retention_s=3600)
     store.open()
     for n in range(4):
-        assert store.put(f"turn_{n}", "input", "pcm16", wav("pcm16", bytes(3000)))
+        assert store.put(f"turn_{n}", "input", "pcm16", wav("pcm16", [bytes(3000)]))
     assert store.total_bytes <= 10_000
     assert stored_files(tmp_path) == ["turn_1.input.wav", "turn_2.input.wav", "turn_3.input.wav"]
     assert not store.put("turn_big", "output", "pcm16", bytes(10_001))  # alone over the cap: not stored
@@ -195,7 +196,7 @@ async def test_the_sweep_deletes_audio_past_its_retention(simulator, start_gatew
 
 def test_g711_recordings_are_wav_with_their_format_tag():
     for audio_format, tag in (("g711_ulaw", 7), ("g711_alaw", 6)):
-        data = wav(audio_format, bytes(range(256)) * 4)
+        data = wav(audio_format, [bytes(range(256)) * 3, bytes(range(256))])
         assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
         fmt_tag, channels, rate, byte_rate, block, bits = struct.unpack("<HHIIHH", data[20:36])
         assert (fmt_tag, channels, rate, byte_rate, block, bits) == (tag, 1, 8000, 8000, 1, 8)
@@ -269,3 +270,45 @@ def test_ogg_pages_carry_granules_and_a_valid_checksum():
     data = ogg_opus(packets)
     decoded = decode_with_pyav(data, "ogg")
     assert decoded.samples == 120 * 960
+
+
+async def test_the_writer_queue_is_bounded_by_turns_and_never_waits(tmp_path):
+    writer = AudioWriter(AudioStore(tmp_path, max_bytes=10**9, retention_s=3600), queue_size=2, max_queued_bytes=10**9, sweep_interval_s=60)
+    writer.start()
+    try:
+        frame = '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(bytes(4800)).decode() + '"}'
+        # Submitted back to back from the event loop, as turns end: the writer has taken none of them yet.
+        accepted = [writer.submit([AudioClip(f"turn_{n}", "input", "pcm16", [frame], len(frame))]) for n in range(4)]
+        assert accepted == [True, True, False, False] and writer.dropped_turns == 2
+        deadline = time.monotonic() + 10
+        while writer.written < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert stored_files(tmp_path) == ["turn_0.input.wav", "turn_1.input.wav"]
+        assert writer.submit([AudioClip("turn_4", "input", "pcm16", [frame], len(frame))])  # room again
+    finally:
+        await writer.close()
+    assert "turn_4.input.wav" in stored_files(tmp_path)
+
+
+async def test_g711_sessions_are_recorded_in_their_own_formats(simulator, start_gateway, tmp_path):
+    server, sink = start_gateway(f"{simulator.url}/v1", **recording_config(tmp_path))
+    sent = bytes((n * 7) % 256 for n in range(4800))  # 600 ms of 8 kHz μ-law
+    async with client(server).realtime.connect(model="gpt-realtime") as conn:
+        await conn.session.update(session={"type": "realtime", "output_modalities": ["audio"], "audio": {
+            "input": {"turn_detection": None, "format": {"type": "audio/pcmu"}}, "output": {"format": {"type": "audio/pcma"}}}})
+        for offset in range(0, len(sent), 1600):
+            await conn.input_audio_buffer.append(audio=base64.b64encode(sent[offset : offset + 1600]).decode())
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        events = await until_done(conn)
+    received = b"".join(base64.b64decode(e.delta) for e in events if e.type == "response.output_audio.delta")
+    record = next(r for r in sink.wait_for(1) if r.response_id == events[-1].response.id)
+    assert record.audio["input"] == {"format": "g711_ulaw", "bytes": 4800, "duration_ms": 600.0}
+    assert record.audio["output"]["format"] == "g711_alaw" and record.audio["output"]["bytes"] == len(received) > 0
+    for direction, expected, tag in (("input", sent, 7), ("output", received, 6)):
+        data = fetch(server, record.id, direction).content
+        fmt_tag, channels, rate = struct.unpack("<HHI", data[20:28])
+        assert (fmt_tag, channels, rate) == (tag, 1, 8000)
+        data_at = data.index(b"data") + 8
+        assert data[data_at : data_at + len(expected)] == expected
+        assert decode_with_pyav(data, "wav").samples == len(expected)

@@ -248,10 +248,14 @@ async def test_openai_python_creates_calls_raw_and_multipart(gateway: ServerThre
 
 @pytest.mark.parametrize("prefix", ["/openai/v1", "/openai"])
 async def test_provider_prefixed_routes_and_the_legacy_route(gateway: ServerThread, prefix: str) -> None:
-    for path in (f"{prefix}/realtime/calls?model=gpt-realtime", f"{prefix}/realtime?model=gpt-realtime"):
-        async with call(gateway, key=VIRTUAL_KEY, path=path) as (caller, call_id):
+    for path, beta in ((f"{prefix}/realtime/calls?model=gpt-realtime", False), (f"{prefix}/realtime?model=gpt-realtime", True)):
+        # The legacy route's clients speak beta events on the data channel.
+        async with call(gateway, key=VIRTUAL_KEY, path=path, beta=beta) as (caller, call_id):
             assert call_id.startswith("rtc_")
             await caller.say("hi")
+            caller.send("response.create", response={"modalities": ["text"]} if beta else {"output_modalities": ["text"]})
+            events = await caller.until("response.done")
+            assert ("response.text.delta" if beta else "response.output_text.delta") in {e["type"] for e in events}
 
 
 async def test_client_secret_places_a_call_billed_to_the_minting_key(gateway: ServerThread, sink: CapturingSink) -> None:

@@ -12,6 +12,7 @@ from bifrost_rt.core import ending as endings
 from bifrost_rt.core.registry import SessionRegistry
 from bifrost_rt.core.relay import FORWARD, Check, End, Relay, Reply, ToClient, ToUpstream
 from bifrost_rt.core.session import RealtimeSession
+from bifrost_rt.dialects import beta
 from bifrost_rt.dialects.seam import Untranslatable
 from bifrost_rt.errors import RealtimeError
 from bifrost_rt.policy.auth import Authenticator
@@ -317,6 +318,24 @@ def test_a_translating_dialect_is_observed_in_ga_form():
     (record,) = records.records
     assert [i["text"] for i in record.inputs] == ["hello"] and record.output["text"] == "hi"
     assert record.metadata["client_event_ids"] == ["say_1"]
+
+
+def test_a_beta_client_keeps_the_fast_path_for_what_needs_no_translation():
+    relay, records = _relay(client_dialect=beta.BETA_CLIENT)
+    append = json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA"})  # as json.dumps writes it
+    assert relay.from_client(append) is FORWARD
+    (update,) = relay.from_client(json.dumps({"type": "session.update", "session": {"modalities": ["text"], "voice": "ash"}}))
+    assert isinstance(update, ToUpstream)
+    assert json.loads(update.message)["session"] == {"type": "realtime", "output_modalities": ["text"], "audio": {"output": {"voice": "ash"}}}
+    relay.from_server(created("resp_1"))
+    delta = ev("response.output_text.delta", response_id="resp_1", item_id="i", output_index=0, content_index=0, delta="hi")
+    (renamed,) = relay.from_server(delta)
+    assert isinstance(renamed, ToClient) and json.loads(renamed.message)["type"] == "response.text.delta"
+    assert relay.from_server(ev("rate_limits.updated", rate_limits=[])) is FORWARD
+    assert relay.from_server(ev("conversation.item.done", item=user_item("i", "x"))) == ()  # beta has no such event
+    relay.from_server(done("resp_1", usage=USAGE))
+    (record,) = records.records
+    assert record.output["text"] == "hi" and record.usage["output_tokens"] == 20  # the core saw GA
 
 
 # ---- caps ---------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bifrost_rt.config import ConfigError, load_config, parse_config
+from bifrost_rt.providers import ModelResolver
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
 
 from conftest import VIRTUAL_KEY
@@ -62,7 +63,7 @@ def test_config_errors_name_the_field(tmp_path, monkeypatch):
     )
     config = load_config(toml)
     assert config.providers["openai"].api_key.get_secret_value() == "sk-from-env"
-    assert config.providers["openai"].realtime_url == "wss://api.openai.com/v1/realtime"
+    assert ModelResolver(config).resolve("gpt-realtime").upstream_url({}) == "wss://api.openai.com/v1/realtime?model=gpt-realtime"
     assert "sk-from-env" not in repr(config)
 
 

@@ -34,6 +34,7 @@ def _simulate(ns: argparse.Namespace) -> int:
         fault=ns.fault,
         stamp_events=ns.stamp_events,
         api_keys=ns.api_key or None,
+        flavor=ns.flavor,
     )
     run_simulator(ns.host, ns.port, options)
     return 0
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--fault", help="drop | stall | failed | close:<code>, applied to every response")
     simulate.add_argument("--stamp-events", action="store_true", help="add sim_sent_ns to deltas (latency benches)")
     simulate.add_argument("--api-key", action="append", help="accept only this key (repeatable)")
+    simulate.add_argument("--flavor", choices=("openai", "azure"), default="openai",
+                          help="play OpenAI's API or an Azure OpenAI resource's (paths, api-key, refusals)")
     simulate.set_defaults(run=_simulate)
 
     demo = commands.add_parser("demo", help="a conversation through the gateway to the simulator")

@@ -66,12 +66,44 @@ class TeamPolicy(_Strict):
     max_sessions: int | None = Field(None, ge=1)
 
 
-class ProviderConfig(_Strict):
-    """An OpenAI-compatible realtime upstream."""
+class EntraTokenConfig(_Strict):
+    """An Entra ID bearer token for an Azure OpenAI resource: a fixed value, a file, or a command's output.
 
-    base_url: str = Field(description="HTTP(S) base URL, e.g. https://api.openai.com/v1; http→ws, https→wss")
-    api_key: EnvSecret | None = None
+    A file or command token is read again every `refresh_s` (sooner when the command's JSON says it expires).
+    """
+
+    token: EnvSecret | None = None
+    token_file: str | None = Field(None, description="a file holding the token, rewritten by whatever renews it")
+    token_command: list[str] | None = Field(
+        None, description="argv printing the token, or JSON with `accessToken`/`access_token` and `expires_on`"
+    )
+    refresh_s: float = Field(300.0, gt=0)
+    command_timeout_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EntraTokenConfig:
+        if sum(source is not None for source in (self.token, self.token_file, self.token_command)) != 1:
+            raise ValueError("exactly one of token, token_file or token_command is required")
+        if self.token_command is not None and not self.token_command:
+            raise ValueError("token_command must not be empty")
+        return self
+
+
+class ProviderConfig(_Strict):
+    """A realtime upstream: OpenAI or an OpenAI-compatible server (`kind: openai`), or an Azure OpenAI resource."""
+
+    kind: Literal["openai", "azure"] = "openai"
+    base_url: str = Field(
+        description="HTTP(S) base URL, e.g. https://api.openai.com/v1; for Azure the resource endpoint, "
+        "e.g. https://<resource>.openai.azure.com; http→ws, https→wss"
+    )
+    api_key: EnvSecret | None = Field(None, description="sent as a bearer token; to Azure as the `api-key` header")
     headers: dict[str, str] = Field(default_factory=dict, description="static headers sent upstream")
+    entra: EntraTokenConfig | None = Field(None, description="Azure only: an Entra ID bearer token instead of api_key")
+    url_form: Literal["ga", "preview"] = Field(
+        "ga", description="Azure only: /openai/v1/realtime?model= (GA events) or /openai/realtime?api-version=&deployment= (beta events)"
+    )
+    api_version: str = Field("2025-04-01-preview", description="Azure preview form only: the api-version query parameter")
 
     @field_validator("base_url")
     @classmethod
@@ -81,24 +113,24 @@ class ProviderConfig(_Strict):
             raise ValueError("must start with http://, https://, ws:// or wss://")
         return value
 
-    @property
-    def realtime_url(self) -> str:
-        scheme, rest = self.base_url.split("://", 1)
-        ws_scheme = {"http": "ws", "https": "wss"}.get(scheme, scheme)
-        return f"{ws_scheme}://{rest}/realtime"
-
-    def http_url(self, path: str) -> str:
-        """An HTTP endpoint under the base URL, e.g. `http_url("/realtime/client_secrets")`."""
-        scheme, rest = self.base_url.split("://", 1)
-        http_scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
-        return f"{http_scheme}://{rest}{path}"
+    @model_validator(mode="after")
+    def _check_kind(self) -> ProviderConfig:
+        if self.kind == "azure":
+            if (self.api_key is None) == (self.entra is None):
+                raise ValueError("an azure provider needs exactly one of api_key or entra")
+        elif self.entra is not None or self.url_form != "ga":
+            raise ValueError("entra and url_form apply to kind: azure only")
+        return self
 
 
 class ModelRoute(_Strict):
     """Maps a model name clients use to a provider and the model name sent upstream."""
 
     provider: str
-    model: str | None = Field(default=None, description="upstream model name; defaults to the client's name")
+    model: str | None = Field(default=None, description="upstream model name (an Azure deployment); defaults to the client's name")
+    priced_as: str | None = Field(
+        default=None, description="the price table's model for this route (what an Azure deployment serves); default: the upstream model if priced, else the client's name"
+    )
 
 
 class VirtualKeyConfig(_Strict):
@@ -219,7 +251,7 @@ class AudioConfig(_Strict):
         64 * 1024 * 1024, ge=1024, description="audio awaiting the writer; a turn that would exceed it is dropped and counted"
     )
     max_turn_bytes: int = Field(
-        8 * 1024 * 1024, ge=1024, description="audio held per turn and direction (as received); beyond it the recording is cut"
+        8 * 1024 * 1024, ge=1024, description="audio held per turn and direction (as received), so per recording session in memory; beyond it the recording is cut"
     )
 
 

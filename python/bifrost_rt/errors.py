@@ -6,6 +6,7 @@ After the WebSocket handshake, a fatal error is an `error` event followed by a c
 
 from __future__ import annotations
 
+import re
 import secrets
 import string
 from dataclasses import dataclass
@@ -162,6 +163,61 @@ def upstream_lost() -> RealtimeError:
         "The connection to the realtime provider was lost.",
         close_code=CLOSE_INTERNAL,
     )
+
+
+def upstream_auth_failed() -> RealtimeError:
+    """The provider refused the gateway's own credential: the caller's key was fine, so it is told nothing more."""
+    return RealtimeError(
+        "server_error",
+        "upstream_auth_failed",
+        "The realtime provider rejected the gateway's credentials.",
+        close_code=CLOSE_INTERNAL,
+    )
+
+
+_URL = re.compile(r"(?:https?|wss?)://\S+")
+_MAX_PROVIDER_MESSAGE = 512
+
+
+def provider_refusal(status: int, body: bytes | str | None, host: str | None = None) -> RealtimeError:
+    """What the caller is told when the provider refused a request with HTTP `status` and a JSON `body`.
+
+    OpenAI's `{"error": {type, code, message, param}}` and Azure's `{"error": {code, message}}` both carry over
+    (type defaulting to `invalid_request_error`, closing 4000 on a socket), with any URL, the provider's `host` and
+    its first label (an Azure resource name) cut from the message. 401/403 is the gateway's credential, not the
+    caller's; 5xx and bodies that are not such JSON say only that the provider is unavailable.
+    """
+    if status in (401, 403):
+        return upstream_auth_failed()
+    error = None
+    if 400 <= status < 500 and body:
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            parsed = None
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+    if not isinstance(error, dict):
+        return RealtimeError(
+            "server_error", "upstream_unavailable", f"The realtime provider refused the connection (HTTP {status}).", close_code=CLOSE_INTERNAL
+        )
+    given = error.get("message")
+    message = _URL.sub("", given) if isinstance(given, str) else ""
+    for name in _host_names(host):
+        message = message.replace(name, "…")
+    message = " ".join(message.split())[:_MAX_PROVIDER_MESSAGE] or f"The realtime provider refused the request (HTTP {status})."
+
+    def text(name: str) -> str | None:
+        value = error.get(name)
+        return value[:128] if isinstance(value, str) and value else None
+
+    return RealtimeError(text("type") or "invalid_request_error", text("code"), message, text("param"), close_code=CLOSE_PROTOCOL)
+
+
+def _host_names(host: str | None) -> list[str]:
+    if not host:
+        return []
+    label = host.split(".", 1)[0]
+    return [host, label] if label[:1].isalpha() and len(label) > 3 else [host]
 
 
 def frame_too_big(limit: int) -> RealtimeError:

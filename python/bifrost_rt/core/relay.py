@@ -138,6 +138,9 @@ class Relay:
             events = self._client.inbound(message)
         except Untranslatable as refused:
             return (Reply(self._for_client(refused.error.event())),)
+        if self._upstream.identity and len(events) == 1 and events[0] is message:  # nothing to translate after all
+            request = self.session.on_client_frame(message)
+            return FORWARD if request is None else (Check(request, (ToUpstream(message),)),)
         actions: list[Action] = []
         for event in events:
             request = self.session.on_client_frame(event)
@@ -188,7 +191,10 @@ class Relay:
         actions: list[Action] = []
         for event in events:
             note = self.session.on_server_frame(event)
-            out = tuple(ToClient(m) for m in self._client.outbound(event))
+            translated = self._client.outbound(event)
+            if translated and translated[0] is message and len(events) == len(translated) == 1:  # unchanged after all
+                return FORWARD if note is None else self._noted((ToClient(message),), note)
+            out = tuple(ToClient(m) for m in translated)
             actions.extend(out if note is None else self._noted(out, note))
         return tuple(actions)
 

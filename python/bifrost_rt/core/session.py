@@ -394,7 +394,7 @@ class RealtimeSession:
             reason=reason,
             error=error,
             usage=usage,
-            prices=self._prices.lookup(self.model),
+            prices=self._prices.for_route(self.route, self.model),
             output=output,
             response=response,
             transcription=(turn.transcription_usage + orphans, turn.transcription_cost + orphan_cost),

@@ -24,7 +24,7 @@ class Admission:
 
 
 async def admit(
-    gateway: Services, credential: str | None, model: str | None, path_provider: str | None, *, model_required: bool
+    gateway: Services, credential: str | None, model: str | None, *, model_required: bool
 ) -> Admission | RealtimeError:
     """Authenticates `credential` (a virtual key or a gateway client secret) and resolves the model.
 
@@ -43,7 +43,7 @@ async def admit(
             return errors.invalid_client_secret()
         if model is not None and model != grant.model:
             return errors.model_not_allowed(model)
-        route = gateway.models.resolve(grant.model, path_provider)
+        route = gateway.models.resolve(grant.model)
         if route is None or route.provider_name != grant.provider:
             return errors.unknown_model(grant.model or "")
         upstream_credential = grant.provider_token
@@ -53,7 +53,7 @@ async def admit(
             return errors.invalid_credential()
         if model is None and model_required:
             return errors.missing_model()
-        route = gateway.models.resolve(model, path_provider)
+        route = gateway.models.resolve(model)
         if route is None:
             return errors.unknown_model(model or "")
     if not principal.allows(route):

@@ -75,13 +75,15 @@ class CallRelay:
 
     # --- POST /v1/realtime/calls ---
 
-    def endpoint(self, prefix: str, path_provider: str | None) -> Any:
+    def endpoint(self, prefix: str, *, legacy: bool = False) -> Any:
+        """`legacy`: the retired `POST /v1/realtime` form, whose clients speak beta events on the data channel."""
+
         async def create(request: Request) -> Response:
-            return await self.create(request, prefix, path_provider)
+            return await self.create(request, prefix, legacy)
 
         return create
 
-    async def create(self, request: Request, prefix: str, path_provider: str | None) -> Response:
+    async def create(self, request: Request, prefix: str, legacy: bool = False) -> Response:
         gateway = self.gateway
         if gateway.registry.draining:
             return _refusal_response(errors.shutting_down())
@@ -91,8 +93,9 @@ class CallRelay:
         except OfferError as error:
             status = 413 if error.code == "request_too_large" else 400
             return error_response(status, "invalid_request_error", error.code, error.message, error.param)
-        model = request.query_params.get("model") or _session_model(session_config)
-        admission = await admit(gateway, presented_credential(headers, ()), model, path_provider, model_required=True)
+        query = request.query_params  # an Azure-shaped client may name a `deployment` and put its key in `api-key`
+        model = query.get("model") or query.get("deployment") or _session_model(session_config)
+        admission = await admit(gateway, presented_credential(headers, (), query), model, model_required=True)
         if isinstance(admission, RealtimeError):
             gateway.registry.refuse(admission.code or admission.type)
             return _refusal_response(admission)
@@ -111,7 +114,7 @@ class CallRelay:
                 gateway.registry.refuse(refused.code)
                 return _refusal_response(errors.governance_refusal(refused.type, refused.code, refused.message))
             admitted = True
-            call = self._new_call(admission, session_id, headers)
+            call = self._new_call(admission, session_id, headers, legacy)
             try:
                 answer = await self._negotiate(call, offer, session_config, admission, headers)
             except BaseException as failure:
@@ -144,7 +147,7 @@ class CallRelay:
             return RealtimeError("rate_limit_exceeded", "call_limit_reached", f"This key already has {per_key} open call(s).")
         return None
 
-    def _new_call(self, admission: Admission, session_id: str, headers: dict[str, str]) -> Call:
+    def _new_call(self, admission: Admission, session_id: str, headers: dict[str, str], legacy: bool) -> Call:
         gateway = self.gateway
         session = gateway.new_session(
             principal=admission.principal,
@@ -158,8 +161,8 @@ class CallRelay:
             session,
             gateway.hooks,
             max_message_bytes=gateway.config.realtime.max_frame_bytes,
-            client_dialect=dialects.for_client(headers, ()),
-            upstream_dialect=dialects.for_provider(admission.route),
+            client_dialect=dialects.for_client(headers, (), legacy=legacy),
+            upstream_dialect=dialects.for_provider(admission.route.for_calls()),
         )
         from bifrost_rt.wire.webrtc import Call
 
@@ -181,7 +184,7 @@ class CallRelay:
         """Places the gateway's call with the provider: its answer SDP and its call id."""
         route = admission.route
         forwarded = {name: headers[name] for name in _FORWARDED_HEADERS if name in headers}
-        upstream_headers = route.upstream_headers(forwarded, [], admission.upstream_credential)
+        upstream_headers = await route.upstream_headers(forwarded, [], admission.upstream_credential)
         upstream_headers["user-agent"] = f"bifrost-rt/{__version__}"
         if admission.upstream_credential is not None and session_config is None:
             # A provider client secret carries its session: the offer goes alone, as the browser would send it.
@@ -196,7 +199,7 @@ class CallRelay:
             }
         try:
             response = await self.gateway.http.post(
-                route.provider.http_url("/realtime/calls"), timeout=self.config.upstream_timeout_s, **request
+                route.http_url("/realtime/calls"), timeout=self.config.upstream_timeout_s, **request
             )
         except httpx.HTTPError as error:
             logger.warning("provider %s unreachable for a call: %s", route.provider_name, type(error).__name__)
@@ -220,8 +223,8 @@ class CallRelay:
         route = call.session.route
         try:
             await self.gateway.http.post(
-                route.provider.http_url(f"/realtime/calls/{call.provider_call_id}/hangup"),
-                headers=route.upstream_headers({}, []),
+                route.http_url(f"/realtime/calls/{call.provider_call_id}/hangup"),
+                headers=await route.upstream_headers({}, []),
                 timeout=2.0,
             )
         except httpx.HTTPError:
@@ -236,7 +239,7 @@ class CallRelay:
 
     async def hangup(self, request: Request) -> Response:
         call_id = request.path_params["call_id"]
-        call = await self._authorised_call(presented_credential(scope_headers(request.scope), ()), call_id)
+        call = await self._authorised_call(presented_credential(scope_headers(request.scope), (), request.query_params), call_id)
         if isinstance(call, RealtimeError):
             return _refusal_response(call)
         await call.hang_up()
@@ -244,7 +247,7 @@ class CallRelay:
 
     async def _authorised_call(self, credential: str | None, call_id: str) -> Call | RealtimeError:
         """The call, for its own principal only; anyone else learns no more than that it does not exist."""
-        admission = await admit(self.gateway, credential, None, None, model_required=False)
+        admission = await admit(self.gateway, credential, None, model_required=False)
         if isinstance(admission, RealtimeError) and admission.code == "invalid_api_key":
             return admission
         call = self._calls.get(call_id)

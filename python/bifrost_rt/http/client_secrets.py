@@ -15,6 +15,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from bifrost_rt.dialects import beta
 from bifrost_rt.http.error_responses import error_response, provider_error_response
 from bifrost_rt.http.handshake import scope_headers
 from bifrost_rt.http.services import Services
@@ -30,43 +31,9 @@ MAX_BODY_BYTES = 1024 * 1024
 # Headers a caller may pass on to the provider's REST endpoint.
 _FORWARDED_HEADERS = ("openai-organization", "openai-project", "openai-safety-identifier")
 
-_LEGACY_FORMATS = {
-    "pcm16": {"type": "audio/pcm", "rate": 24000},
-    "g711_ulaw": {"type": "audio/pcmu"},
-    "g711_alaw": {"type": "audio/pcma"},
-}
-
-
 def _is_json(content_type: str) -> bool:
     media_type = content_type.split(";", 1)[0].strip().lower()
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
-
-
-def ga_session_from_legacy(flat: dict[str, Any]) -> dict[str, Any]:
-    """The flat beta session mapped to the GA shape (temperature has no GA equivalent and is dropped)."""
-    session: dict[str, Any] = {"type": "realtime"}
-    for name in ("model", "instructions", "tools", "tool_choice", "tracing"):
-        if name in flat:
-            session[name] = flat[name]
-    if isinstance(flat.get("modalities"), list):
-        session["output_modalities"] = ["audio"] if "audio" in flat["modalities"] else ["text"]
-    if "max_response_output_tokens" in flat:
-        session["max_output_tokens"] = flat["max_response_output_tokens"]
-    audio_in: dict[str, Any] = {}
-    audio_out: dict[str, Any] = {}
-    if flat.get("input_audio_format") in _LEGACY_FORMATS:
-        audio_in["format"] = _LEGACY_FORMATS[flat["input_audio_format"]]
-    for beta, ga in (("input_audio_transcription", "transcription"), ("input_audio_noise_reduction", "noise_reduction"), ("turn_detection", "turn_detection")):
-        if beta in flat:
-            audio_in[ga] = flat[beta]
-    if flat.get("output_audio_format") in _LEGACY_FORMATS:
-        audio_out["format"] = _LEGACY_FORMATS[flat["output_audio_format"]]
-    for name in ("voice", "speed"):
-        if name in flat:
-            audio_out[name] = flat[name]
-    if audio_in or audio_out:
-        session["audio"] = {key: value for key, value in (("input", audio_in), ("output", audio_out)) if value}
-    return session
 
 
 def _replace_everywhere(value: Any, old: str, new: str) -> Any:
@@ -83,10 +50,9 @@ def _replace_everywhere(value: Any, old: str, new: str) -> Any:
 class ClientSecretEndpoint:
     """Starlette endpoint for the GA route (`legacy=False`) or the beta sessions route (`legacy=True`)."""
 
-    def __init__(self, gateway: Services, *, legacy: bool, path_provider: str | None = None) -> None:
+    def __init__(self, gateway: Services, *, legacy: bool) -> None:
         self.gateway = gateway
         self.legacy = legacy
-        self.path_provider = path_provider
 
     async def handle(self, request: Request) -> Response:
         gateway = self.gateway
@@ -95,7 +61,7 @@ class ClientSecretEndpoint:
         if not _is_json(request.headers.get("content-type", "")):
             return error_response(415, "invalid_request_error", "unsupported_media_type", "Content-Type must be application/json.")
         headers = scope_headers(request.scope)
-        credential = presented_credential(headers, ())
+        credential = presented_credential(headers, (), request.query_params)
         if credential is None:
             return error_response(401, "invalid_request_error", "invalid_api_key", "Missing bearer or basic authentication in header.")
         if is_gateway_token(credential):
@@ -114,7 +80,7 @@ class ClientSecretEndpoint:
             return error_response(400, "invalid_request_error", "invalid_type", "The request body must be a JSON object.")
 
         if self.legacy:
-            session = ga_session_from_legacy(data)
+            session = beta.ga_session(data)
             secret_options = data.get("client_secret") if isinstance(data.get("client_secret"), dict) else {}
             expires_after = secret_options.get("expires_after")
             model_param = "model"
@@ -127,7 +93,7 @@ class ClientSecretEndpoint:
         model = session.get("model")
         if not isinstance(model, str) or not model:
             return error_response(400, "invalid_request_error", "missing_required_parameter", f"Missing required parameter: '{model_param}'.", model_param)
-        route = gateway.models.resolve(model, self.path_provider)
+        route = gateway.models.resolve(model)
         if route is None:
             return error_response(400, "invalid_request_error", "model_not_found", f"The model '{model}' is not served by this gateway.", model_param)
         if not principal.allows(route):
@@ -147,9 +113,9 @@ class ClientSecretEndpoint:
         forwarded = {name: headers[name] for name in _FORWARDED_HEADERS if name in headers}
         try:
             upstream = await gateway.http.post(
-                route.provider.http_url("/realtime/client_secrets"),
+                route.http_url("/realtime/client_secrets"),
                 content=orjson.dumps(upstream_body),
-                headers={**route.upstream_headers(forwarded, []), "content-type": "application/json"},
+                headers={**await route.upstream_headers(forwarded, []), "content-type": "application/json"},
                 timeout=gateway.config.client_secrets.upstream_timeout_s,
             )
         except httpx.HTTPError as error:
@@ -179,7 +145,7 @@ class ClientSecretEndpoint:
             minted_session = minted.get("session") if isinstance(minted.get("session"), dict) else {}
             legacy = {
                 **data,
-                "id": minted_session.get("id"),
+                **beta.beta_session(minted_session),
                 "object": "realtime.session",
                 "model": model,
                 "expires_at": expires_at,

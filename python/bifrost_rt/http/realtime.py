@@ -23,12 +23,18 @@ Scope = dict[str, Any]
 
 
 class RealtimeWebSocketEndpoint:
-    """ASGI app for `GET /v1/realtime` (and its aliases); `path_provider` is implied by `/openai/...` paths."""
+    """ASGI app for `GET /v1/realtime` (and its aliases under `/openai/v1` and `/openai`).
 
-    def __init__(self, gateway: Services, path_provider: str | None = None, calls: CallRelay | None = None) -> None:
+    `api_versioned` marks Azure's preview path (`/openai/realtime?api-version=…&deployment=…`), where a `-preview`
+    api-version means the client speaks the beta protocol.
+    """
+
+    def __init__(
+        self, gateway: Services, calls: CallRelay | None = None, *, api_versioned: bool = False
+    ) -> None:
         self.gateway = gateway
-        self.path_provider = path_provider
         self.calls = calls
+        self.api_versioned = api_versioned
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "websocket":
@@ -50,7 +56,7 @@ class RealtimeWebSocketEndpoint:
         query = scope_query(scope)
         call_id = query.get("call_id")
         if call_id and self.calls is not None:  # a sideband socket for a call this gateway holds
-            await self.calls.serve_sideband(call_id, presented_credential(headers, subprotocols), selected, receive, send)
+            await self.calls.serve_sideband(call_id, presented_credential(headers, subprotocols, query), selected, receive, send)
             return
         admission = await self._admit(headers, subprotocols, query)
         if isinstance(admission, RealtimeError):
@@ -67,7 +73,7 @@ class RealtimeWebSocketEndpoint:
         try:
             try:
                 upstream = await connect_upstream(
-                    route.upstream_url(query), route.upstream_headers(headers, subprotocols, upstream_credential), gateway.config.realtime, route.provider_name
+                    route.upstream_url(query), await route.upstream_headers(headers, subprotocols, upstream_credential), gateway.config.realtime, route.provider_name
                 )
             except UpstreamRefused as refused:
                 gateway.registry.refuse(refused.error.code or "upstream_unavailable")
@@ -87,7 +93,7 @@ class RealtimeWebSocketEndpoint:
                 session,
                 gateway.hooks,
                 max_message_bytes=limits.max_frame_bytes,
-                client_dialect=dialects.for_client(headers, subprotocols),
+                client_dialect=dialects.for_client(headers, subprotocols, legacy=self._preview(query)),
                 upstream_dialect=dialects.for_provider(route),
             )
             await WebSocketRelay(relay, upstream, receive, send, scope, gateway.registry, limits.close_timeout_s).run()
@@ -100,9 +106,8 @@ class RealtimeWebSocketEndpoint:
         """The principal, the route and the upstream credential (None: the provider key), or why not."""
         admission = await admit(
             self.gateway,
-            presented_credential(headers, subprotocols),
-            query.get("model") or None,
-            self.path_provider,
+            presented_credential(headers, subprotocols, query),
+            query.get("model") or query.get("deployment") or None,  # an Azure-shaped client names its deployment
             model_required=not query.get("intent"),
         )
         if isinstance(admission, RealtimeError):
@@ -110,6 +115,10 @@ class RealtimeWebSocketEndpoint:
         if not self.gateway.registry.has_room():
             return errors.too_many_sessions()
         return admission.principal, admission.route, admission.upstream_credential
+
+    def _preview(self, query: dict[str, str]) -> bool:
+        """An Azure preview api-version: the client speaks beta events."""
+        return self.api_versioned and query.get("api-version", "").endswith("-preview")
 
 
 async def _reject_before_upgrade(scope: Scope, send: Any, status: int, error: RealtimeError) -> None:

@@ -1,8 +1,9 @@
 """Credentials → principal.
 
-A credential arrives in one of the places OpenAI clients put it: `x-bf-vk`, `Authorization: Bearer`,
-`api-key`, `x-api-key`, or the browser subprotocol `openai-insecure-api-key.<key>`. Only virtual keys from
-the configuration are accepted; nothing is forwarded upstream as-is.
+A credential arrives in one of the places OpenAI and Azure clients put it: `x-bf-vk`, `Authorization: Bearer`,
+`api-key` (Azure), `x-api-key`, the browser subprotocol `openai-insecure-api-key.<key>`, or, for browsers built
+for Azure, the `?api-key=` query parameter. Only virtual keys from the configuration are accepted; nothing is
+forwarded upstream as-is (the query parameter included).
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ def key_id(secret: str) -> str:
     return "vk_" + hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
-def presented_credential(headers: Mapping[str, str], subprotocols: Iterable[str]) -> str | None:
-    """The first credential found, in header order, then subprotocols; None if there is none."""
+def presented_credential(
+    headers: Mapping[str, str], subprotocols: Iterable[str], query: Mapping[str, str] | None = None
+) -> str | None:
+    """The first credential found, in header order, then subprotocols, then `?api-key=`; None if there is none."""
     for name in _CREDENTIAL_HEADERS:
         value = headers.get(name)
         if not value:
@@ -53,7 +56,8 @@ def presented_credential(headers: Mapping[str, str], subprotocols: Iterable[str]
             token = protocol[len(SUBPROTOCOL_KEY_PREFIX) :].strip()
             if token:
                 return token
-    return None
+    key = (query or {}).get("api-key", "").strip()
+    return key or None
 
 
 class Authenticator:

@@ -1,4 +1,8 @@
-"""The price table: shipped list prices (data/prices.json) with per-model overrides from the config."""
+"""The price table: shipped list prices (data/prices.json) with per-model overrides from the config.
+
+A route's upstream name need not be a priced model (an Azure deployment is named by its owner): a route is priced
+as the model its `models:` entry names (`priced_as`), else as its upstream model, else as the client's name.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from importlib import resources
 import orjson
 
 from bifrost_rt import _native
+from bifrost_rt.providers import Route
 
 PRICE_FIELDS = (
     "input_text",
@@ -37,6 +42,14 @@ class PriceTable:
                 raise ValueError(f"prices.{model}: unknown price field(s) {sorted(unknown)}")
             table[model] = {**table.get(model, {}), **fields}
         self._prices = {model: _native.Prices(**fields) for model, fields in table.items()}
+
+    def for_route(self, route: Route, model: str | None) -> _native.Prices | None:
+        """The prices of a session on `route` whose upstream model is `model`."""
+        for candidate in (route.priced_as, model, route.requested_model):
+            prices = self.lookup(candidate)
+            if prices is not None:
+                return prices
+        return None
 
     def lookup(self, model: str | None) -> _native.Prices | None:
         """Exact name, then without a `provider/` prefix, then without a `-YYYY-MM-DD` snapshot suffix."""

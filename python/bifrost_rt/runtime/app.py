@@ -118,16 +118,18 @@ def create_app(
         return origin_checked(cors, endpoint, on_refused)
 
     routes: list[Route | WebSocketRoute | Mount] = []
-    # Each realtime route also lives under /openai/v1 and /openai, where the provider defaults to `openai`.
-    for prefix, path_provider in (("/v1", None), ("/openai/v1", "openai"), ("/openai", "openai")):
-        place_call = checked(calls.endpoint(prefix, path_provider), gateway.registry.refuse)
+    # Each realtime route also lives under /openai/v1 and /openai, the paths Azure-shaped clients use; every prefix
+    # routes the model (or Azure `deployment`) the same way, through `models:` and `default_provider`.
+    for prefix in ("/v1", "/openai/v1", "/openai"):
+        place_call = checked(calls.endpoint(prefix), gateway.registry.refuse)
+        place_legacy_call = checked(calls.endpoint(prefix, legacy=True), gateway.registry.refuse)
         routes += [
-            WebSocketRoute(f"{prefix}/realtime", RealtimeWebSocketEndpoint(gateway, path_provider, calls)),
+            WebSocketRoute(f"{prefix}/realtime", RealtimeWebSocketEndpoint(gateway, calls, api_versioned=prefix == "/openai")),
             Route(f"{prefix}/realtime/calls", place_call, methods=["POST"]),
-            Route(f"{prefix}/realtime", place_call, methods=["POST"]),  # legacy WebRTC
+            Route(f"{prefix}/realtime", place_legacy_call, methods=["POST"]),  # legacy (beta) WebRTC
             Route(f"{prefix}/realtime/calls/{{call_id}}/hangup", checked(calls.hangup), methods=["POST"]),
-            Route(f"{prefix}/realtime/client_secrets", checked(ClientSecretEndpoint(gateway, legacy=False, path_provider=path_provider).handle), methods=["POST"]),
-            Route(f"{prefix}/realtime/sessions", checked(ClientSecretEndpoint(gateway, legacy=True, path_provider=path_provider).handle), methods=["POST"]),
+            Route(f"{prefix}/realtime/client_secrets", checked(ClientSecretEndpoint(gateway, legacy=False).handle), methods=["POST"]),
+            Route(f"{prefix}/realtime/sessions", checked(ClientSecretEndpoint(gateway, legacy=True).handle), methods=["POST"]),
         ]
     routes += [
         Route("/api/client_secrets/revoke", checked(RevokeEndpoint(gateway).handle), methods=["POST"]),

@@ -30,7 +30,7 @@ logger = logging.getLogger("bifrost_rt.telemetry")
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _FAILED = frozenset({"failed", "incomplete"})
-# Sessions whose end was never heard (a dropped hook call) are let go after this long.
+# Open session spans kept at most; beyond it the oldest is ended (its end was never heard: a dropped hook call).
 _MAX_OPEN_SESSIONS = 100_000
 
 
@@ -124,8 +124,7 @@ class Tracing(Plugin):
             start_time=_ns(session.started_at or time.time()),
         )
         if len(self._sessions) >= _MAX_OPEN_SESSIONS:
-            _, stale = self._sessions.popitem()
-            stale.span.end()
+            self._sessions.pop(next(iter(self._sessions))).span.end()
         self._sessions[session.session_id] = _OpenSession(span)
 
     async def post_turn(self, record: TurnRecord) -> None:

@@ -30,7 +30,10 @@ def duration_ms(audio_format: str, size: int) -> float:
     return round(size * 8 / bits / rate * 1000, 3)
 
 
-def wav(audio_format: str, data: bytes) -> bytes:
+def wav(audio_format: str, parts: Iterable[bytes]) -> bytes:
+    """A WAV file around the audio `parts`, joined once (a turn's audio is large; it is not copied again)."""
+    parts = list(parts)
+    size = sum(len(part) for part in parts)
     tag, rate, bits = WAV_FORMATS[audio_format]
     block = bits // 8
     if tag == 1:
@@ -38,10 +41,11 @@ def wav(audio_format: str, data: bytes) -> bytes:
         chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt
     else:  # non-PCM formats carry cbSize and a fact chunk (the sample count)
         fmt = struct.pack("<HHIIHHH", tag, 1, rate, rate * block, block, bits, 0)
-        chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"fact" + struct.pack("<II", 4, len(data) // block)
-    pad = b"\x00" if len(data) % 2 else b""
-    body = b"WAVE" + chunks + b"data" + struct.pack("<I", len(data)) + data + pad
-    return b"RIFF" + struct.pack("<I", len(body)) + body
+        chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"fact" + struct.pack("<II", 4, size // block)
+    pad = b"\x00" if size % 2 else b""
+    header = b"WAVE" + chunks + b"data" + struct.pack("<I", size)
+    riff = b"RIFF" + struct.pack("<I", len(header) + size + len(pad))
+    return b"".join([riff, header, *parts, pad])
 
 
 def rtp_payload(packet: bytes) -> bytes:

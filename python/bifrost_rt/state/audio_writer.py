@@ -85,7 +85,7 @@ async def _decoded(clip: AudioClip) -> bytes:
         encoded = _base64_audio(frame, clip.direction, clip.response_id)
         if encoded is not None:
             parts.append(_decode_base64(encoded))
-    return wav(clip.format, b"".join(parts))
+    return wav(clip.format, parts)
 
 
 class AudioWriter:

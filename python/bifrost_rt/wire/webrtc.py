@@ -76,14 +76,14 @@ class ForwardedAudio(MediaStreamTrack):
         # Kept, because asyncio.get_running_loop() costs a getpid() syscall per call before Python 3.12.
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
-        self.record: Callable[[bytes], None] | None = None  # the session's audio capture, when its key records
+        self.recorder: Callable[[bytes], None] | None = None  # the session's audio capture, when its key records
 
     def push(self, packet: bytes) -> None:
         """The RTP tap of the opposite peer: one decrypted RTP packet."""
         now = time.monotonic_ns()
         self.last_arrival_ns = now
-        if self.record is not None:
-            self.record(packet)
+        if self.recorder is not None:
+            self.recorder(packet)
         if self.ring.push(packet, now):
             waiter = self._waiter
             if waiter is not None and not waiter.done():
@@ -212,8 +212,8 @@ class Call:
         self.to_upstream = ForwardedAudio(config.ring_packets)  # the caller's voice
         self.to_client = ForwardedAudio(config.ring_packets)  # the model's voice
         if self.session.audio is not None:
-            self.to_upstream.record = self.session.audio.client_audio
-            self.to_client.record = self.session.audio.provider_audio
+            self.to_upstream.recorder = self.session.audio.client_audio
+            self.to_client.recorder = self.session.audio.provider_audio
         self.client_channel: RTCDataChannel | None = None
         self.upstream_channel: RTCDataChannel | None = None
         self._up = MessageQueue(config.max_pending_messages, config.max_pending_bytes)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -60,14 +61,8 @@ async def connect_upstream(url: str, headers: dict[str, str], limits: RealtimeCo
     except InvalidStatus as exc:
         status = exc.response.status_code
         logger.warning("upstream %s refused the realtime handshake: HTTP %s", provider, status)
-        raise UpstreamRefused(
-            RealtimeError(
-                "server_error",
-                "upstream_unavailable",
-                f"The realtime provider refused the connection (HTTP {status}).",
-                close_code=errors.CLOSE_INTERNAL,
-            )
-        ) from None
+        # The provider's JSON error (OpenAI's or Azure's) becomes the client's; its headers stay here.
+        raise UpstreamRefused(errors.provider_refusal(status, exc.response.body, urlsplit(url).hostname)) from None
     except (OSError, TimeoutError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
         logger.warning("upstream %s unreachable: %s", provider, type(exc).__name__)
         raise UpstreamRefused(errors.upstream_unavailable()) from None

@@ -24,6 +24,7 @@ COMMIT = orjson.dumps({"type": "input_audio_buffer.commit"}).decode()
 NO_TURN_DETECTION = orjson.dumps(
     {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}}
 ).decode()
+BETA_NO_TURN_DETECTION = orjson.dumps({"type": "session.update", "session": {"turn_detection": None}}).decode()
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Target:
     name: str
     url: str  # ws://host:port/v1/realtime?model=...
     api_key: str
+    beta: bool = False  # the client speaks the retired beta protocol (`OpenAI-Beta: realtime=v1`)
 
 
 @dataclass
@@ -71,7 +73,8 @@ async def recv_until(ws: ClientConnection, target: str, event_type: str) -> int:
 async def open_session(target: Target) -> ClientConnection:
     # A session closed mid-phase (failure, Ctrl-C) may have frames queued behind the close frame; a short
     # close timeout keeps that from stalling the bench's exit.
-    ws = await connect(target.url, additional_headers={"Authorization": f"Bearer {target.api_key}"},
+    headers = {"Authorization": f"Bearer {target.api_key}", **({"OpenAI-Beta": "realtime=v1"} if target.beta else {})}
+    ws = await connect(target.url, additional_headers=headers,
                        compression=None, max_size=None, open_timeout=30, close_timeout=1)
     try:
         await recv_until(ws, target.name, "session.created")
@@ -138,7 +141,7 @@ async def up(target: Target, sessions: int, turns: int, appends: int, chunk_ms: 
     """
     conns = await open_sessions(target, sessions)
     try:
-        await asyncio.gather(*(_no_turn_detection(ws, target.name) for ws in conns))
+        await asyncio.gather(*(_no_turn_detection(ws, target) for ws in conns))
         frame = append_frame(chunk_ms)
         await start()
         began = time.perf_counter()
@@ -151,9 +154,9 @@ async def up(target: Target, sessions: int, turns: int, appends: int, chunk_ms: 
     return counts
 
 
-async def _no_turn_detection(ws: ClientConnection, target: str) -> None:
-    await ws.send(NO_TURN_DETECTION)
-    await recv_until(ws, target, "session.updated")
+async def _no_turn_detection(ws: ClientConnection, target: Target) -> None:
+    await ws.send(BETA_NO_TURN_DETECTION if target.beta else NO_TURN_DETECTION)
+    await recv_until(ws, target.name, "session.updated")
 
 
 async def _stream(ws: ClientConnection, target: str, frame: str, turns: int, appends: int) -> int:

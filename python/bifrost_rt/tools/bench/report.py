@@ -80,8 +80,9 @@ def summarize(targets: list[str], runs: list[dict[str, Any]], latencies: dict[st
     return summary
 
 
-# The gateway as shipped (turn accounting, log lines), with governance and the SQLite turn log on, and recording audio.
-RELAYS = ("gateway", "governed", "recording")
+# The gateway as shipped (turn accounting, log lines), with governance and the SQLite turn log on, serving
+# beta-protocol clients (every event translated between beta and GA), and recording turn audio.
+RELAYS = ("gateway", "governed", "beta", "recording")
 
 
 def _ratios(runs: list[dict[str, Any]], medians: dict[str, dict[str, float]], relay: str) -> dict[str, Any]:

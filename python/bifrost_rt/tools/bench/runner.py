@@ -34,8 +34,8 @@ from bifrost_rt.tools.bench.load import Counts, Meter, Target
 from bifrost_rt.tools.bench.procs import BenchError, Child, Children, can_pin, free_port, python_module
 
 RELAY_CPU, LOAD_CPU = 1, 0
-TARGETS = ("direct", "floor", "gateway", "governed", "recording")
-DEFAULT_TARGETS = ("direct", "floor", "gateway")
+TARGETS = ("direct", "floor", "gateway", "governed", "beta", "recording")
+DEFAULT_TARGETS = ("direct", "floor", "gateway", "beta")
 MODEL = "gpt-realtime"
 SIM_KEY, GATEWAY_KEY = "sk-sim", "sk-bf-bench"
 SETTLE_S = 0.2  # lets the relay finish closing sockets before its CPU time is read
@@ -56,7 +56,8 @@ virtual_keys:
 {turn_log}
 {extra}"""
 # `gateway`: turn accounting with one log line per turn. `governed`: the same plus a budget, rate limits and a
-# session cap on the key (in memory, or on Redis with --redis-url) and the durable SQLite turn log.
+# session cap on the key (in memory, or on Redis with --redis-url) and the durable SQLite turn log. `beta`: the
+# gateway as shipped, its clients on the beta protocol, so every event is translated to GA and back.
 PLAIN_TURN_LOG = "  store: none"
 GOVERNED_POLICY = """\
     budget: {{usd: 1000000, period: month}}
@@ -110,7 +111,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     full = Params()
     parser.add_argument("--redis-url", help="Redis for the governed target's counters (default: in memory)")
     parser.add_argument("--targets", default=None,
-                        help="comma-separated subset of direct,floor,gateway,governed,recording (default: direct,floor,gateway; "
+                        help="comma-separated subset of direct,floor,gateway,governed,beta,recording "
+                             "(default: direct,floor,gateway,beta; "
                              "with --webrtc: direct,gateway)")
     for f in fields(Params):
         kind = float if f.type == "float" else int
@@ -270,13 +272,13 @@ def _start_stack(children: Children, workdir: Path, names: list[str], label: str
         floor = children.start(f"floor-{label}", python_module(
             "bifrost_rt.tools.bench.floor", "--port", port, "--upstream", upstream, "--api-key", SIM_KEY), port, RELAY_CPU)
         stack["floor"] = (Target("floor", _url(port), SIM_KEY), floor)
-    for relay in ("gateway", "governed", "recording"):
+    for relay in ("gateway", "governed", "beta", "recording"):
         if relay not in names:
             continue
         port = free_port()
         config = workdir / f"{relay}-{label}.yaml"
         extra = ""
-        if relay == "gateway":
+        if relay in ("gateway", "beta"):
             policy, turn_log = "", PLAIN_TURN_LOG
         elif relay == "recording":
             policy, turn_log, extra = RECORDING_POLICY, PLAIN_TURN_LOG, RECORDING_AUDIO.format(path=workdir / relay / label / "audio")
@@ -287,7 +289,7 @@ def _start_stack(children: Children, workdir: Path, names: list[str], label: str
                                              extra=extra))
         gateway = children.start(f"{relay}-{label}", python_module(
             "bifrost_rt.cli", "serve", "--config", config, "--host", "127.0.0.1", "--port", port), port, RELAY_CPU)
-        stack[relay] = (Target(relay, _url(port), GATEWAY_KEY), gateway)
+        stack[relay] = (Target(relay, _url(port), GATEWAY_KEY, beta=relay == "beta"), gateway)
     return stack
 
 

@@ -4,6 +4,9 @@ WebRTC calls `POST /v1/realtime/calls` and `POST /v1/realtime/calls/{call_id}/ha
 
 Handshake failures follow the API: the upgrade succeeds, then an `error` event and an application close code
 (3000 for credentials, 4000 for the retired beta shape) with reason `<error.type>.<error.code>`.
+
+With `flavor="azure"` the same sessions are served at an Azure OpenAI resource's paths instead (see `azure.py`),
+in beta shapes on the preview path (see `beta.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.config import WS_PROTOCOLS
 
 from bifrost_rt.rtc.offers import OfferError, read_offer
+from bifrost_rt.tools.simulator import azure, beta
+from bifrost_rt.tools.simulator.azure import AzureRefusal
 from bifrost_rt.tools.simulator.config import apply_session_update, fresh_copy, new_realtime_session, new_transcription_session
 from bifrost_rt.tools.simulator.events import ClientError
 from bifrost_rt.tools.simulator.ids import new_client_secret, new_id
@@ -84,6 +89,23 @@ class _ExposeTransport:
         await self.app(scope, receive, send)
 
 
+class _ResourceHeaders:
+    """Azure flavor: every answer, HTTP or WebSocket handshake, names the resource as Azure does."""
+
+    def __init__(self, app: ASGIApp, region: str) -> None:
+        self.app = app
+        self.region = region
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] in ("http.response.start", "websocket.http.response.start", "websocket.accept"):
+                extra = [(k.encode(), v.encode()) for k, v in azure.resource_headers(self.region).items()]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 class _Peer:
     """A WebSocket as the session sees it; sends after the client has gone are dropped."""
 
@@ -118,6 +140,37 @@ class _Peer:
             return
         self.closed = True
         self._transport.abort()
+
+
+class _BetaPeer:
+    """A peer that speaks the beta protocol: each GA event is sent in its beta shape, or not at all."""
+
+    def __init__(self, peer: _Peer) -> None:
+        self._peer = peer
+
+    @property
+    def closed(self) -> bool:
+        return self._peer.closed
+
+    async def send(self, text: str) -> None:
+        event = beta.to_beta(orjson.loads(text))
+        if event is not None:
+            await self._peer.send(orjson.dumps(event).decode())
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._peer.close(code, reason)
+
+    async def abort(self) -> None:
+        await self._peer.abort()
+
+
+def _beta_to_ga(data: str | bytes) -> str | bytes:
+    """A beta client event rewritten to GA; what does not parse reaches the session as it came, to be refused."""
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data
+    return orjson.dumps(beta.to_ga(event)).decode() if isinstance(event, dict) else data
 
 
 def _bearer(headers: Headers) -> str | None:
@@ -160,7 +213,6 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
         return options.api_keys is None or key in options.api_keys, None
 
     async def realtime(websocket: WebSocket) -> None:
-        nonlocal live_sessions
         offered = websocket.scope.get("subprotocols") or []
         await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
         key = _bearer(websocket.headers) or next(
@@ -187,8 +239,12 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
             config = new_transcription_session()
         else:
             config = new_realtime_session(query.get("model") or options.model)
+        await serve_session(websocket, _Peer(websocket), config)
 
-        session = RealtimeSession(_Peer(websocket), options, config)
+    async def serve_session(websocket: WebSocket, peer: _Peer | _BetaPeer, config: dict[str, Any]) -> None:
+        nonlocal live_sessions
+        session = RealtimeSession(peer, options, config)
+        translate = isinstance(peer, _BetaPeer)
         live_sessions += 1
         try:
             await session.start()
@@ -200,17 +256,66 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
                 if data is None:
                     data = message.get("bytes")
                 if data is not None:
-                    await session.handle(data)
+                    await session.handle(_beta_to_ga(data) if translate else data)
         finally:
             live_sessions -= 1
             await session.stop()
 
-    async def client_secrets(request: Request) -> Response:
-        key = _bearer(request.headers)
+    def azure_key(headers: Headers, query: Any) -> dict[str, Any] | None:
+        """The client secret's session when the key is one; raises AzureRefusal for a missing or wrong key."""
+        key, _ = azure.presented_key(headers, query)
         if key is None:
-            return _http_error(401, _MISSING_KEY_MESSAGE, None)
+            raise azure.missing_key()
+        accepted, secret_session = key_status(key)
+        if not accepted:
+            raise azure.missing_key()
+        return secret_session
+
+    async def azure_realtime(websocket: WebSocket, preview_path: bool) -> None:
+        """An Azure resource's realtime socket: every refusal is an HTTP answer with Azure's JSON, before the upgrade."""
+        query = websocket.query_params
+        try:
+            speaks_beta = azure.preview_version(query) if preview_path else False
+            secret_session = azure_key(websocket.headers, query)
+            deployment = query.get("deployment") if preview_path else query.get("model")
+            model = None if secret_session is not None else azure.deployment_model(
+                deployment, query.get("intent"), options.azure_deployments
+            )
+        except AzureRefusal as refusal:
+            await websocket.send_denial_response(azure.error_response(refusal))
+            return
+        offered = websocket.scope.get("subprotocols") or []
+        await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
+        if secret_session is not None:
+            config = fresh_copy(secret_session)
+        elif model is None:
+            config = new_transcription_session()
+        else:
+            config = new_realtime_session(model)
+        await serve_session(websocket, _BetaPeer(_Peer(websocket)) if speaks_beta else _Peer(websocket), config)
+
+    async def azure_ga(websocket: WebSocket) -> None:
+        await azure_realtime(websocket, preview_path=False)
+
+    async def azure_preview(websocket: WebSocket) -> None:
+        await azure_realtime(websocket, preview_path=True)
+
+    def request_key(request: Request) -> str | None:
+        if options.flavor == "azure":
+            return azure.presented_key(request.headers, request.query_params)[0]
+        return _bearer(request.headers)
+
+    def key_refusal(missing: bool) -> Response:
+        if options.flavor == "azure":
+            return azure.error_response(azure.missing_key())
+        return _http_error(401, _MISSING_KEY_MESSAGE, None) if missing else _http_error(401, _WRONG_KEY_MESSAGE, "invalid_api_key")
+
+    async def client_secrets(request: Request) -> Response:
+        key = request_key(request)
+        if key is None:
+            return key_refusal(missing=True)
         if key.startswith("ek_") or not key_status(key)[0]:
-            return _http_error(401, _WRONG_KEY_MESSAGE, "invalid_api_key")
+            return key_refusal(missing=False)
         body = await request.body()
         try:
             payload = orjson.loads(body) if body.strip() else {}
@@ -238,6 +343,12 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
 
         requested = payload.get("session") or {"type": "realtime"}
         kind = requested.get("type") if isinstance(requested, dict) else None
+        if options.flavor == "azure" and kind != "transcription":
+            try:
+                model = requested.get("model") if isinstance(requested, dict) else None
+                requested = {**requested, "model": azure.deployment_model(model, None, options.azure_deployments)}
+            except AzureRefusal as refusal:
+                return azure.error_response(refusal)
         base = new_transcription_session() if kind == "transcription" else new_realtime_session(options.model)
         try:
             session = apply_session_update(base, requested)
@@ -248,12 +359,12 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
 
     def call_auth(request: Request) -> tuple[Response | None, dict[str, Any] | None]:
         """(the refusal when the key is missing or wrong, the client secret's session when the key is one)."""
-        key = _bearer(request.headers)
+        key = request_key(request)
         if key is None:
-            return _http_error(401, _MISSING_KEY_MESSAGE, None), None
+            return key_refusal(missing=True), None
         accepted, secret_session = key_status(key)
         if not accepted:
-            return _http_error(401, _WRONG_KEY_MESSAGE, "invalid_api_key"), None
+            return key_refusal(missing=False), None
         return None, secret_session
 
     async def create_call(request: Request) -> Response:
@@ -266,11 +377,17 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
                 base = fresh_copy(secret_session)
             elif isinstance(requested, dict) and requested.get("type") == "transcription":
                 base = new_transcription_session()
+            elif options.flavor == "azure":
+                deployment = request.query_params.get("model") or (requested or {}).get("model")
+                base = new_realtime_session(azure.deployment_model(deployment, None, options.azure_deployments))
+                requested = {**requested, "model": base["model"]} if isinstance(requested, dict) else None
             else:
                 base = new_realtime_session(request.query_params.get("model") or options.model)
             config = base if requested is None else apply_session_update(base, requested)
         except (ClientError, OfferError) as exc:
             return _http_error(400, exc.message, exc.code, exc.param)
+        except AzureRefusal as refusal:
+            return azure.error_response(refusal)
         # No await between this check and `calls.open` taking its place: concurrent requests cannot overshoot.
         if calls.full:
             return _http_error(429, f"Too many concurrent calls: this server takes at most {options.webrtc_max_calls}.",
@@ -279,8 +396,8 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
             call_id, answer = await calls.open(offer, config)
         except (ValueError, InvalidAccessError) as exc:
             return _http_error(400, f"Invalid SDP offer: {exc}", "invalid_offer", "sdp")
-        return Response(answer, status_code=201, media_type="application/sdp",
-                        headers={"Location": f"/v1/realtime/calls/{call_id}"})
+        calls_path = "/openai/v1/realtime/calls" if options.flavor == "azure" else "/v1/realtime/calls"
+        return Response(answer, status_code=201, media_type="application/sdp", headers={"Location": f"{calls_path}/{call_id}"})
 
     async def hangup(request: Request) -> Response:
         refused, _ = call_auth(request)
@@ -301,8 +418,17 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
         yield
         await calls.close_all()
 
-    return Starlette(
-        routes=[
+    if options.flavor == "azure":
+        routes = [
+            WebSocketRoute("/openai/v1/realtime", azure_ga),
+            WebSocketRoute("/openai/realtime", azure_preview),
+            Route("/openai/v1/realtime/client_secrets", client_secrets, methods=["POST"]),
+            Route("/openai/v1/realtime/calls", create_call, methods=["POST"]),
+            Route("/openai/v1/realtime/calls/{call_id}/hangup", hangup, methods=["POST"]),
+        ]
+        middleware = [Middleware(_ExposeTransport), Middleware(_ResourceHeaders, region=options.azure_region)]
+    else:
+        routes = [
             WebSocketRoute("/v1/realtime", realtime),
             WebSocketRoute("/realtime", realtime),
             Route("/v1/realtime/client_secrets", client_secrets, methods=["POST"]),
@@ -310,11 +436,9 @@ def create_simulator_app(options: SimulatorOptions | None = None) -> Starlette:
             Route("/realtime/calls", create_call, methods=["POST"]),
             Route("/v1/realtime/calls/{call_id}/hangup", hangup, methods=["POST"]),
             Route("/realtime/calls/{call_id}/hangup", hangup, methods=["POST"]),
-            Route("/healthz", healthz),
-        ],
-        middleware=[Middleware(_ExposeTransport)],
-        lifespan=lifespan,
-    )
+        ]
+        middleware = [Middleware(_ExposeTransport)]
+    return Starlette(routes=[*routes, Route("/healthz", healthz)], middleware=middleware, lifespan=lifespan)
 
 
 def websocket_implementation() -> str:

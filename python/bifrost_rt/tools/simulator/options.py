@@ -62,6 +62,16 @@ class SimulatorOptions(BaseModel):
     webrtc_ice_servers: list[str] = []
     """STUN server URLs (`stun:host:port`) for server-reflexive candidates. Empty: no server is contacted
     (aiortc would otherwise use a public STUN server)."""
+    flavor: Literal["openai", "azure"] = "openai"
+    """Whose API is played: OpenAI's (`/v1/realtime`, bearer keys) or an Azure OpenAI resource's (`/openai/v1/…` and
+    the preview `/openai/realtime?api-version=…&deployment=…`, `api-key` or bearer, Azure's refusals and headers)."""
+    azure_deployments: dict[str, str] = {
+        "gpt-realtime": "gpt-realtime", "gpt-realtime-mini": "gpt-realtime-mini", "gpt-4o": "gpt-4o",
+    }
+    """Azure flavor: deployment name → the model it serves. Other names are `DeploymentNotFound`; a deployment of a
+    model that is not a realtime model is `OperationNotSupported`."""
+    azure_region: str = "swedencentral"
+    """Azure flavor: the `x-ms-region` header of every answer."""
 
     @field_validator("fault")
     @classmethod
