@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -298,12 +298,13 @@ def serving(*servers: ServerThread) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def chromium(binary: str, url: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """Chromium on `url` with a throwaway profile; killed with everything it started on the way out."""
+def chromium(binary: str, url: str, extra_flags: Sequence[str] = ()) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """Chromium on `url` with a throwaway profile (its directory is the log's parent); killed with everything it
+    started on the way out."""
     with tempfile.TemporaryDirectory(prefix="browser-call-") as profile:
         log = Path(profile) / "chromium.log"
         with log.open("wb") as output:
-            process = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", url],
+            process = subprocess.Popen([binary, *CHROMIUM_FLAGS, *extra_flags, f"--user-data-dir={profile}", url],
                                        stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                                        start_new_session=True)
         try:

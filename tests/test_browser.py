@@ -28,7 +28,9 @@ RESPONSE_PACKETS = RESPONSE_AUDIO_MS // 20  # the answer's audio in 20 ms packet
 TONE_LEVEL = 0.1  # the simulator's tone peaks near 0.18 of full scale; silence through Opus is about 0
 
 
-def browser_call(target: str) -> dict[str, Any]:
+def run_in_loopback_namespace(script: Path, *args: str, timeout_s: float) -> dict[str, Any]:
+    """Run a browser script in its own network namespace with only loopback up; its stdout is one JSON report.
+    The script gets `--chromium <binary> --timeout <seconds>` after `args`."""
     tools = {name: shutil.which(name) for name in ("chromium", "unshare", "ip")}
     missing = sorted(name for name, path in tools.items() if path is None)
     if missing:
@@ -36,19 +38,22 @@ def browser_call(target: str) -> dict[str, Any]:
                     "iproute2 (.ci/run does)", pytrace=False)
     command = [
         "unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
-        sys.executable, str(SCRIPT), "--target", target, "--chromium", str(tools["chromium"]),
-        "--timeout", str(CALL_TIMEOUT_S),
+        sys.executable, str(script), *args, "--chromium", str(tools["chromium"]), "--timeout", str(timeout_s),
     ]
     try:
-        run = subprocess.run(command, check=False, capture_output=True, text=True, timeout=CALL_TIMEOUT_S + 30)
+        run = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout_s + 30)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the browser call overran its own time limit:\n{exc.stderr}", pytrace=False)
+        pytest.fail(f"the browser script overran its own time limit:\n{exc.stderr}", pytrace=False)
     if run.returncode != 0:
         if run.stderr.startswith(("unshare:", "RTNETLINK")):
             pytest.fail("cannot make a loopback-only network namespace (needs root or CAP_SYS_ADMIN):\n"
                         f"{run.stderr}", pytrace=False)
-        pytest.fail(f"the browser call failed (exit {run.returncode}):\n{run.stderr}\n{run.stdout}", pytrace=False)
+        pytest.fail(f"the browser script failed (exit {run.returncode}):\n{run.stderr}\n{run.stdout}", pytrace=False)
     return orjson.loads(run.stdout)
+
+
+def browser_call(target: str) -> dict[str, Any]:
+    return run_in_loopback_namespace(SCRIPT, "--target", target, timeout_s=CALL_TIMEOUT_S)
 
 
 def check_the_call(browser: dict[str, Any]) -> None:

@@ -80,6 +80,7 @@ def write_config(path: Path, upstream_port: int, redis_url: str | None = None, *
                 "virtual_keys": [{"key": VIRTUAL_KEY, "name": "team-a"}],
                 "realtime": realtime,
                 "turn_log": {"sqlite_path": str(path.parent / "turns.db"), "spill_path": str(path.parent / "turns.spill.jsonl")},
+                "ui": {"enabled": True, "secret": "serve-test-ui-cookie-secret"},  # its templates must ship too
             }
         )
     )
@@ -200,6 +201,11 @@ def test_package_installs_in_a_clean_venv_and_serves(tmp_path, install):
         wait_until_listening(port, process)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as response:
             assert json.loads(response.read())["status"] == "ready"
+        # The session UI's templates and static files are package data: they are in the installed package.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui/login") as response:
+            assert b'id="login-form"' in response.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui/static/live.js") as response:
+            assert b"setInterval(refresh" in response.read()
         located = subprocess.run(
             [str(venv / "bin" / "python"), "-c", "import bifrost_rt._native, bifrost_rt; print(bifrost_rt.__file__)"],
             cwd=tmp_path, check=True, capture_output=True, text=True,
@@ -240,13 +246,15 @@ async def test_workers_log_their_turns_and_drain_on_sigterm(tmp_path, redis_serv
 
 
 def test_the_example_configuration_loads(monkeypatch):
-    for name in ("OPENAI_API_KEY", "TEAM_A_KEY", "TEAM_B_KEY", "BIFROST_RT_ADMIN_KEY", "BIFROST_RT_CLIENT_SECRET_KEY", "TURN_CREDENTIAL"):
+    for name in ("OPENAI_API_KEY", "TEAM_A_KEY", "TEAM_B_KEY", "BIFROST_RT_ADMIN_KEY", "BIFROST_RT_CLIENT_SECRET_KEY", "TURN_CREDENTIAL",
+                 "BIFROST_RT_UI_SECRET"):
         monkeypatch.setenv(name, f"value-of-{name.lower()}")
     config = load_config(ROOT / "examples" / "gateway.yaml")
     assert config.models["fast"].model == "gpt-realtime-mini"
     assert config.virtual_keys[1].allowed_models == ["fast", "gpt-realtime-mini"]
     assert config.client_secrets.secret.get_secret_value() == "value-of-bifrost_rt_client_secret_key"
     assert config.webrtc.ice_servers[1].credential.get_secret_value() == "value-of-turn_credential"
+    assert config.ui.enabled and config.ui.secret.get_secret_value() == "value-of-bifrost_rt_ui_secret"
 
 
 def test_demo_holds_a_conversation_and_reads_it_back_from_the_turn_log(tmp_path):

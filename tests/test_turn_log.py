@@ -289,6 +289,59 @@ async def test_a_filter_is_one_turn_query_field_every_store_passes_through(store
         await spooled.close()
 
 
+async def test_sessions_are_pages_of_groups_with_totals_over_all_their_turns(store: TurnLogStore) -> None:
+    turns = [
+        record(1, group="support-call", session_id="sess_a"),
+        record(2, group="support-call", session_id="sess_b", status="failed", cost=0.5, tokens=40),
+        record(3, group="other", session_id="sess_c", principal="team-b"),
+        record(4, group="third", session_id="sess_d"),
+        record(5, group="support-call", session_id="sess_b", model="gpt-realtime-mini", started_at=BASE + 10),
+    ]
+    turns[2].transport = "webrtc"
+    turns[3].provider = "azure"
+    turns[3].input_summary = "100% sure_thing"
+    await store.write(turns)
+
+    rows, total = await store.sessions(TurnQuery())
+    assert total == 3
+    assert [row["session_id"] for row in rows] == ["support-call", "third", "other"]  # by latest turn
+    support = rows[0]
+    assert support["turn_count"] == 3 and support["total_tokens"] == 240 and support["total_cost"] == 1.0
+    assert support["gateway_sessions"] == 2 and support["failed_turns"] == 1 and support["refused_turns"] == 0
+    assert support["model"] == "gpt-realtime, gpt-realtime-mini"
+    assert support["started_at"] == BASE + 1 and support["latest_at"] == BASE + 10.5
+
+    page, total = await store.sessions(TurnQuery(), limit=2, offset=2)
+    assert ([row["session_id"] for row in page], total) == (["other"], 3)
+    assert await store.sessions(TurnQuery(), offset=3) == ([], 3)
+
+    async def groups(**filters: Any) -> list[str]:
+        return [row["session_id"] for row in (await store.sessions(TurnQuery(**filters)))[0]]
+
+    # A group is listed when one of its turns matches; its totals stay those of all its turns.
+    (failed,), _ = await store.sessions(TurnQuery(status="failed"))
+    assert failed["session_id"] == "support-call" and failed["turn_count"] == 3
+    assert await groups(transport="webrtc") == ["other"]
+    assert await groups(provider="azure") == ["third"]
+    assert await groups(principal="team-b") == ["other"]
+    assert await groups(model="gpt-realtime-mini") == ["support-call"]
+    assert await groups(since=BASE + 3, until=BASE + 5) == ["third", "other"]
+    assert await groups(text="ANSWER 3") == ["other"]  # case-insensitive, in what was said or answered
+    assert await groups(text="0% sure_") == ["third"]  # LIKE's wildcards are taken literally
+    assert await groups(text="1_0") == []
+    assert await groups(text="%") == ["third"]
+    with pytest.raises(ValueError):
+        await store.sessions(TurnQuery(), limit=0)
+
+    # The longest summaries a record holds, in four-byte characters that do not compress, still go into the
+    # indexes (a PostgreSQL B-tree entry holds 2.7 kB at most) and are found.
+    wide = record(6, group="wide")
+    wide.input_summary = "".join(chr(0x20000 + (n * 7919) % 0xA000) for n in range(1023)) + "…"
+    wide.output_summary = "".join(chr(0x20000 + (n * 104729) % 0xA000) for n in range(1023)) + "…"
+    await store.write([wide])
+    assert await groups(text=wide.input_summary[500:503]) == ["wide"]
+
+
 async def test_nul_characters_are_kept_as_replacement_characters(store: TurnLogStore) -> None:
     written = record(1)
     written.input_summary = "a\x00b"
@@ -308,7 +361,7 @@ async def test_migrations_apply_once_and_data_survives_a_restart(store_kind: Sto
         assert (await again.session_logs("group-a"))[1] == 1
     finally:
         await again.close()
-    assert [version for version, _ in await store_kind.fetch("SELECT version, applied_at FROM schema_version")] == [1, 2]
+    assert [version for version, _ in await store_kind.fetch("SELECT version, applied_at FROM schema_version")] == [1, 2, 3]
     if store_kind.name == "sqlite":
         assert await store_kind.fetch("PRAGMA journal_mode") == [("wal",)]
 
@@ -386,7 +439,7 @@ def migrations_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 async def test_a_semicolon_inside_a_statement_does_not_split_a_migration(store_kind: StoreKind, migrations_dir: Path) -> None:
-    (migrations_dir / "0003_tricky.sql").write_text(TRICKY_MIGRATION + TRICKY_BODY[store_kind.name], "utf-8")
+    (migrations_dir / "0004_tricky.sql").write_text(TRICKY_MIGRATION + TRICKY_BODY[store_kind.name], "utf-8")
     store = store_kind.make()
     await store.start()
     await store.close()
@@ -395,11 +448,11 @@ async def test_a_semicolon_inside_a_statement_does_not_split_a_migration(store_k
         (2, 'it\'s; "quoted"'),
         (3, "x;"),
     ]
-    assert [version for (version,) in await store_kind.fetch("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3]
+    assert [version for (version,) in await store_kind.fetch("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3, 4]
 
 
 async def test_a_failing_migration_leaves_nothing_behind(store_kind: StoreKind, migrations_dir: Path) -> None:
-    (migrations_dir / "0003_broken.sql").write_text(
+    (migrations_dir / "0004_broken.sql").write_text(
         "CREATE TABLE migration_notes (id INTEGER PRIMARY KEY);\nINSERT INTO no_such_table VALUES (1);\n", "utf-8"
     )
     store = store_kind.make()
@@ -410,20 +463,21 @@ async def test_a_failing_migration_leaves_nothing_behind(store_kind: StoreKind, 
         "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table'",
         "postgres": "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
     }[store_kind.name]
-    assert await store_kind.fetch(tables) == []  # 0001, 0002 and schema_version rolled back with 0003
-    (migrations_dir / "0003_broken.sql").unlink()
+    assert await store_kind.fetch(tables) == []  # 0001-0003 and schema_version rolled back with 0004
+    (migrations_dir / "0004_broken.sql").unlink()
     again = store_kind.make()
     await again.start()  # nothing half-applied is in the way
     await again.close()
-    assert await store_kind.fetch("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,)]
+    assert await store_kind.fetch("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
 
 
 async def test_a_log_from_before_turn_audio_gains_the_audio_column_and_keeps_its_turns(
     store_kind: StoreKind, migrations_dir: Path
 ) -> None:
-    audio_migration = migrations_dir / "0002_turn_audio.sql"
-    script = audio_migration.read_text("utf-8")
-    audio_migration.unlink()
+    # The log as it was before: only 0001 (every later migration comes back below).
+    later = {entry: entry.read_text("utf-8") for entry in migrations_dir.iterdir() if not entry.name.startswith("0001_")}
+    for entry in later:
+        entry.unlink()
     old = store_kind.make()
     await old.start()
     await old.close()
@@ -440,7 +494,8 @@ async def test_a_log_from_before_turn_audio_gains_the_audio_column_and_keeps_its
             await connection.execute(f"INSERT INTO {schema.TABLE} ({', '.join(columns)}) VALUES ({placeholders})", *values)
         finally:
             await connection.close()
-    audio_migration.write_text(script, "utf-8")
+    for entry, script in later.items():
+        entry.write_text(script, "utf-8")
     store = store_kind.make()
     await store.start()
     try:

@@ -384,6 +384,20 @@ class MetricsConfig(_Strict):
         return value
 
 
+class UiConfig(_Strict):
+    enabled: bool = Field(False, description="serve the session UI at /ui (admin keys only)")
+    secret: EnvSecret | None = Field(None, description="signs the UI's session cookies; required when enabled")
+    session_ttl_s: int = Field(8 * 3600, ge=60, description="a login lasts this long")
+
+    @model_validator(mode="after")
+    def _enabled_needs_secret(self) -> UiConfig:
+        if self.enabled and self.secret is None:
+            raise ValueError("secret is required when the UI is enabled")
+        if self.secret is not None and len(self.secret.get_secret_value()) < 16:
+            raise ValueError("secret must be at least 16 characters")
+        return self
+
+
 class PluginConfig(_Strict):
     use: str = Field(description="import path, package.module:ClassName (a bifrost_rt.plugins.Plugin)")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the class")
@@ -482,6 +496,7 @@ class GatewayConfig(_Strict):
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
     webrtc: WebRTCConfig = Field(default_factory=WebRTCConfig)
     turn_log: TurnLogConfig = Field(default_factory=TurnLogConfig)
+    ui: UiConfig = Field(default_factory=UiConfig)
     audio: AudioConfig = Field(default_factory=AudioConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     prices: dict[str, dict[str, float]] = Field(

@@ -123,6 +123,7 @@ class RealtimeSession:
         self._upstream_connection = 1  # which provider connection of the session serves its turns now
         self._session_type = "realtime"
         self.closed = False
+        self.turns_recorded = 0  # finished turns of this session, for the live view
         # Turn audio of a recording key; frames carry it only on a WebSocket (a call's audio is RTP).
         self.audio = audio
         self._frame_audio = audio if audio is not None and not audio.opus else None
@@ -410,6 +411,7 @@ class RealtimeSession:
         if self._upstream_connection > 1:  # the session outlived a provider reconnect: its turns say on which connection
             record.metadata["upstream_connection"] = self._upstream_connection
         self._writer.submit(record)
+        self.turns_recorded += 1
         self._hooks.turn_finished(record)
         if self._on_turn is not None:
             self._on_turn(record)

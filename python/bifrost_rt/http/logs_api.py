@@ -73,19 +73,26 @@ def _order(query: Mapping[str, str], default: str) -> str:
     return order
 
 
-def _timestamp(query: Mapping[str, str], name: str) -> float | None:
+def parse_time(text: str) -> float:
     """Unix seconds (digits, optionally with a fraction), or ISO 8601: a date, or a date and time, in UTC unless it
-    carries an offset."""
-    raw = query.get(name)
-    if raw is None:
-        return None
-    text = raw.strip()
+    carries an offset. Raises ValueError."""
+    text = text.strip()
     if _UNIX_SECONDS.fullmatch(text):
         return float(text)
     try:
         moment = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text)
         return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
-    except (ValueError, OverflowError):
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of range") from None
+
+
+def _timestamp(query: Mapping[str, str], name: str) -> float | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        return parse_time(raw)
+    except ValueError:
         raise _BadRequest(f"{name} must be unix seconds or an ISO 8601 timestamp", name) from None
 
 

@@ -73,6 +73,7 @@ class Authenticator:
             self._by_key_id[principal.key_id] = principal
             self._by_name[principal.name] = principal
         self._admin_digests = {self._digest(key.get_secret_value()) for key in config.admin_keys}
+        self._admin_ids = {self._admin_id(digest) for digest in self._admin_digests}
 
     @staticmethod
     def _digest(secret: str) -> bytes:
@@ -90,3 +91,16 @@ class Authenticator:
 
     def is_admin(self, credential: str) -> bool:
         return self._digest(credential) in self._admin_digests
+
+    @staticmethod
+    def _admin_id(digest: bytes) -> str:
+        return "ak_" + digest.hex()[:16]
+
+    def admin_id(self, credential: str) -> str | None:
+        """A stable, non-secret name of an admin key (a hash prefix), to remember a login by; None if not admin."""
+        digest = self._digest(credential)
+        return self._admin_id(digest) if digest in self._admin_digests else None
+
+    def is_admin_id(self, admin_id: str) -> bool:
+        """Whether the admin key behind a login is still configured."""
+        return admin_id in self._admin_ids

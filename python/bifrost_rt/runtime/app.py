@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 
 from bifrost_rt.config import GatewayConfig, load_config
 from bifrost_rt.http.calls import CallRelay
@@ -72,6 +72,15 @@ def _log_routes(gateway: Gateway) -> list[Route]:
         Route("/api/logs/sessions/{session_id}", api.session_logs, methods=["GET"]),
         Route("/api/logs/sessions/{session_id}/summary", api.session_summary, methods=["GET"]),
     ]
+
+
+def _ui_routes(gateway: Gateway) -> list[Mount]:
+    if not gateway.config.ui.enabled:
+        return []
+    from bifrost_rt.http.ui import PREFIX, SessionUi  # Jinja2 loads only where the UI is enabled
+
+    audio = gateway.audio.store if gateway.audio is not None else None
+    return [Mount(PREFIX, app=SessionUi(gateway, gateway.turn_log, gateway.kv, audio).app())]
 
 
 def _audio_routes(gateway: Gateway) -> list[Route]:
@@ -141,7 +150,7 @@ def create_app(
     def checked(endpoint, on_refused=None):  # routes that act refuse a disallowed Origin before anything happens
         return origin_checked(cors, endpoint, on_refused)
 
-    routes: list[Route | WebSocketRoute] = []
+    routes: list[Route | WebSocketRoute | Mount] = []
     # Each realtime route also lives under /openai/v1 and /openai, the paths Azure-shaped clients use; every prefix
     # routes the model (or Azure `deployment`) the same way, through `models:` and `default_provider`.
     for prefix in ("/v1", "/openai/v1", "/openai"):
@@ -158,6 +167,7 @@ def create_app(
     routes += [
         Route("/api/client_secrets/revoke", checked(RevokeEndpoint(gateway).handle), methods=["POST"]),
         *_log_routes(gateway),
+        *_ui_routes(gateway),
         *_audio_routes(gateway),
         Route("/healthz", healthz),
         Route("/readyz", readyz),

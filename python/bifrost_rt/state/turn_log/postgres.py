@@ -141,7 +141,7 @@ class PostgresTurnStore(SqlTurnStore):
             await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             await connection.execute(SCHEMA_VERSION_DDL)
             current = await connection.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-            for version, script in migrations("JSONB"):
+            for version, script in migrations("postgres"):
                 if version > current:
                     # Whole: execute() without arguments is the simple-query protocol, so the server's parser
                     # splits the script (quotes, comments, dollar-quoted bodies) and every statement joins the

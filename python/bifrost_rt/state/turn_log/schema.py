@@ -1,7 +1,8 @@
 """The one schema both stores share: its columns, its migrations, and how a record becomes a row and back.
 
 Migrations are `migrations/NNNN_name.sql`, applied in version order and recorded in `schema_version`.
-`{json}` in a script is the JSON column type: JSONB on PostgreSQL, TEXT on SQLite.
+`{json}` in a script is the JSON column type: JSONB on PostgreSQL, TEXT on SQLite. A version that must differ
+between the databases has one file per store instead, `NNNN_name.sqlite.sql` and `NNNN_name.postgres.sql`.
 """
 
 from __future__ import annotations
@@ -36,13 +37,21 @@ SELECT = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}"
 MIGRATIONS = resources.files(__package__).joinpath("migrations")
 
 
-def migrations(json_type: str) -> list[tuple[int, str]]:
-    """(version, script) for every `migrations/NNNN_name.sql`, in version order; each store runs a script its
-    own way, so that the database's own parser decides where its statements end."""
+DIALECTS = {"sqlite": "TEXT", "postgres": "JSONB"}  # each store's JSON column type
+
+
+def migrations(dialect: str) -> list[tuple[int, str]]:
+    """(version, script) for every migration of `dialect` ("sqlite" or "postgres"), in version order; each store
+    runs a script its own way, so that the database's own parser decides where its statements end."""
     found = []
     for entry in MIGRATIONS.iterdir():
-        if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.read_text("utf-8").replace("{json}", json_type)))
+        stem, suffix = entry.name.rsplit(".", 1) if "." in entry.name else (entry.name, "")
+        if suffix != "sql":
+            continue
+        name, _, only = stem.partition(".")
+        if only and only != dialect:
+            continue
+        found.append((int(name.split("_", 1)[0]), entry.read_text("utf-8").replace("{json}", DIALECTS[dialect])))
     return sorted(found)
 
 

@@ -286,3 +286,6 @@ class SpoolingStore(TurnLogStore):
         self, filters: TurnQuery, *, limit: int = 100, offset: int = 0, order: str = "desc"
     ) -> tuple[list[Row], int]:
         return await self.store.find(filters, limit=limit, offset=offset, order=order)
+
+    async def sessions(self, filters: TurnQuery, *, limit: int = 50, offset: int = 0) -> tuple[list[Row], int]:
+        return await self.store.sessions(filters, limit=limit, offset=offset)

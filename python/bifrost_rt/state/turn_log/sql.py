@@ -84,3 +84,58 @@ class SqlTurnStore(TurnLogStore):
         conditions = filters.conditions()
         where = " AND ".join(sql for sql, _ in conditions) or "1 = 1"
         return await self._page(where, [value for _, value in conditions], limit, offset, order)
+
+    async def sessions(self, filters: TurnQuery, *, limit: int = 50, offset: int = 0) -> tuple[list[Row], int]:
+        """Two steps, so the totals are summed over one page of groups only: the page of groups by their latest
+        matching turn (with the number of groups, counted by a window over the same scan), then each group's
+        totals over all its turns (through the session_group index)."""
+        if limit < 1 or offset < 0:
+            raise ValueError("limit must be at least 1 and offset at least 0")
+        conditions = filters.conditions()
+        where = " AND ".join(sql for sql, _ in conditions) or "1 = 1"
+        params = [value for _, value in conditions]
+        page = await self._select(
+            f"SELECT session_group, MAX(started_at) AS latest, COUNT(*) OVER () FROM {TABLE} WHERE {where} "
+            "GROUP BY session_group ORDER BY latest DESC, session_group DESC LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        if not page:  # past the last page, or nothing matches: count on its own
+            ((count,),) = await self._select(f"SELECT COUNT(DISTINCT session_group) FROM {TABLE} WHERE {where}", params)
+            return [], int(count)
+        total = int(page[0][2])
+        groups = [group for group, _, _ in page]
+        marks = ", ".join("?" * len(groups))
+        rows = await self._select(
+            "SELECT session_group, COUNT(*), CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT), COALESCE(SUM(cost_total), 0), "
+            "MIN(started_at), MAX(ended_at), COUNT(DISTINCT session_id), MIN(principal), MAX(principal), MIN(model), MAX(model), "
+            "MIN(provider), MIN(transport), MAX(transport), "
+            "SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), SUM(CASE WHEN status = 'refused' THEN 1 ELSE 0 END) "
+            f"FROM {TABLE} WHERE session_group IN ({marks}) GROUP BY session_group",
+            groups,
+        )
+        by_group = {row[0]: row for row in rows}
+        found = []
+        for group in groups:
+            (_, turns, tokens, cost, started_at, ended_at, gateway_sessions, key, other_key, model, other_model, provider,
+             transport, other_transport, failed, refused) = by_group[group]  # fmt: skip
+            found.append(
+                {
+                    "session_id": group,
+                    "turn_count": int(turns),
+                    "total_tokens": int(tokens),
+                    "total_cost": float(cost),
+                    "started_at": started_at,
+                    "started_at_iso": iso(started_at),
+                    "latest_at": ended_at,
+                    "latest_at_iso": iso(ended_at),
+                    "gateway_sessions": int(gateway_sessions),
+                    # A group may span keys, models or transports (one baggage session-id over several sessions).
+                    "virtual_key": key if key == other_key else f"{key}, {other_key}",
+                    "model": model if model == other_model else f"{model}, {other_model}",
+                    "provider": provider,
+                    "transport": transport if transport == other_transport else f"{transport}, {other_transport}",
+                    "failed_turns": int(failed),
+                    "refused_turns": int(refused),
+                }
+            )
+        return found, total

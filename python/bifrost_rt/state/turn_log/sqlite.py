@@ -90,7 +90,7 @@ class SQLiteTurnStore(SqlTurnStore):
     def _migrate(connection: sqlite3.Connection) -> None:
         connection.execute(SCHEMA_VERSION_DDL)
         (current,) = connection.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
-        for version, script in migrations("TEXT"):
+        for version, script in migrations("sqlite"):
             if version > current:
                 # Statement by statement: executescript() would first COMMIT the BEGIN IMMEDIATE around us, so a
                 # failing migration could leave part of its DDL applied and unrecorded in schema_version.

@@ -17,6 +17,12 @@ class StoreUnavailable(Exception):
     """The store cannot be reached (not started, connection lost, database locked); a retry may succeed."""
 
 
+def _contains(text: Any) -> str:
+    """A LIKE pattern matching `text` anywhere, case-insensitively (the column side is lowered too)."""
+    escaped = str(text).lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 def condition(sql: str, convert: Callable[[Any], Any] | None = None) -> Any:
     """A TurnQuery filter: absent by default, its SQL condition with `?` for the value."""
     return field(default=None, metadata={"sql": sql, "convert": convert})
@@ -29,9 +35,13 @@ class TurnQuery:
     principal: str | None = condition("principal = ?")
     key_id: str | None = condition("key_id = ?")
     model: str | None = condition("model = ?")
+    provider: str | None = condition("provider = ?")
+    transport: str | None = condition("transport = ?")
     status: str | None = condition("status = ?")
     since: float | None = condition("started_at >= ?", float)  # inclusive
     until: float | None = condition("started_at < ?", float)  # exclusive
+    # In what the user said or the model answered (the records' summaries); empty when content is not logged.
+    text: str | None = condition("LOWER(input_summary || ' ' || output_summary) LIKE ? ESCAPE '\\'", _contains)
 
     def conditions(self) -> list[tuple[str, Any]]:
         """(SQL condition, value) for every filter given."""
@@ -74,6 +84,11 @@ class TurnLogStore(abc.ABC):
     @abc.abstractmethod
     async def session_summary(self, session_id: str) -> Row | None:
         """Totals over a session group; None when it has no turns."""
+
+    @abc.abstractmethod
+    async def sessions(self, filters: TurnQuery, *, limit: int = 50, offset: int = 0) -> tuple[list[Row], int]:
+        """One page of the session groups with a turn matching every filter, latest turn first, each with its
+        totals over all its turns (see `SqlTurnStore.sessions`), and how many groups match."""
 
     async def query(
         self, *, limit: int = 100, offset: int = 0, order: str = "desc", **filters: Any
