@@ -292,8 +292,8 @@ class SessionUi:
             total=total,
         )
 
-    async def turn_audio(self, request: Request) -> Response:
-        """A recorded clip for the page's <audio> players; without a login, nothing (not even whether it exists)."""
+    async def _api_login(self, request: Request) -> Login | Response:
+        """The login behind a request for data (not a page): without one, a 401 that says no more."""
         try:
             login = await self._login(request)
         except KVUnavailable:
@@ -301,6 +301,13 @@ class SessionUi:
         if login is None:
             error = RealtimeError("invalid_request_error", "invalid_api_key", "Log in with an admin key.")
             return Response(error.http_body(), 401, media_type="application/json")
+        return login
+
+    async def turn_audio(self, request: Request) -> Response:
+        """A recorded clip for the page's <audio> players; without a login, nothing (not even whether it exists)."""
+        login = await self._api_login(request)
+        if not isinstance(login, Login):
+            return login
         if self.audio is None:
             error = RealtimeError("invalid_request_error", "not_found", "No key records audio on this gateway.", "turn_id")
             return Response(error.http_body(), 404, media_type="application/json")
@@ -316,13 +323,9 @@ class SessionUi:
         return await self._page(request, build)
 
     async def live_json(self, request: Request) -> Response:
-        try:
-            login = await self._login(request)
-        except KVUnavailable:
-            login = None
-        if login is None:
-            error = RealtimeError("invalid_request_error", "invalid_api_key", "Log in with an admin key.")
-            return Response(error.http_body(), 401, media_type="application/json")
+        login = await self._api_login(request)
+        if not isinstance(login, Login):
+            return login
         rows = views.live_rows(self.services.registry, time.monotonic())
         return Response(orjson.dumps({"object": "list", "sessions": rows}), media_type="application/json")
 
