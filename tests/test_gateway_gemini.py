@@ -18,13 +18,13 @@ from typing import Any
 import pydantic
 import pytest
 import websockets
-from openai import AsyncOpenAI
 from openai.types.realtime import RealtimeServerEvent
 
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
 
 from conftest import VIRTUAL_KEY, GatewayFactory
 from servers import ServerThread
+from test_gateway_clients import client_for, until_done
 
 SERVER_EVENT = pydantic.TypeAdapter(RealtimeServerEvent)
 MODEL = "gemini-live-2.5-flash-preview"
@@ -55,19 +55,6 @@ def gemini_gateway(start_gateway: GatewayFactory, gemini: ServerThread, gemini_c
         models={"gemini-live": {"provider": "gemini", "model": MODEL}},
         **sections,
     )
-
-
-def client_for(server: ServerThread) -> AsyncOpenAI:
-    return AsyncOpenAI(api_key=VIRTUAL_KEY, base_url=f"{server.url}/v1", websocket_base_url=f"{server.ws_url}/v1")
-
-
-async def until_done(connection: Any) -> list[Any]:
-    events = []
-    async for event in connection:
-        events.append(event)
-        if event.type == "response.done":
-            return events
-    raise AssertionError("connection closed before response.done")
 
 
 def expected_cost(usage: Any) -> float:

@@ -14,17 +14,8 @@ from bifrost_rt.policy.auth import Authenticator
 from bifrost_rt.policy.hooks import Decision, HookPipeline, Plugin
 from bifrost_rt.policy.pricing import PriceTable
 from bifrost_rt.providers import ModelResolver
-from bifrost_rt.records import TurnRecord
 
-KEY = "sk-bf-core"
-
-
-class Records:
-    def __init__(self) -> None:
-        self.records: list[TurnRecord] = []
-
-    def submit(self, record: TurnRecord) -> None:
-        self.records.append(record)
+from test_relay import KEY, Records
 
 
 class Checking(Plugin):
