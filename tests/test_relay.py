@@ -228,6 +228,27 @@ def test_a_provider_started_turn_that_is_denied_is_cancelled_upstream_and_the_cl
     assert relay.checked(check, Decision.deny("No.", code="blocked")) == ()  # the turn is over: nothing to cancel
 
 
+def test_frames_sent_before_they_are_noted_are_recorded_the_same_and_what_follows_them_is_returned():
+    """The WebSocket transport sends an untranslated provider frame first and notes it after (`forwarded`)."""
+    relay, records = _relay(checks=True)
+    assert relay.passes_server_frames
+    relay.from_client(ev("conversation.item.create", item=user_item("item_u", "hello")))
+    (check,) = relay.forwarded(created("resp_1"))  # a turn the provider started: its check follows the frame
+    assert isinstance(check, Check) and check.response_id == "resp_1"
+    assert relay.forwarded(ev("response.output_text.delta", response_id="resp_1", item_id="i", output_index=0, content_index=0, delta="Hi")) == ()
+    assert relay.forwarded(done("resp_1", usage=USAGE)) == ()
+    (record,) = records.records
+    assert (record.status, record.output["text"], record.usage["total_tokens"]) == ("completed", "Hi", 30)
+    error = ev("error", error={"type": "insufficient_quota", "code": "insufficient_quota", "message": "quota"})
+    (end,) = relay.forwarded(error)
+    assert isinstance(end, End) and end.ending.client_close_frame == (1008, "insufficient_quota.insufficient_quota")
+    relay.end(end.ending)
+    assert not relay.passes_server_frames  # an ended session passes nothing
+    assert relay.relayed()["frames_down"] == 4
+    translating, _ = _relay(client_dialect=beta.BETA_CLIENT)
+    assert not translating.passes_server_frames  # a beta client's frames are renamed: never sent before the relay
+
+
 def test_the_providers_quota_error_is_forwarded_then_the_session_ends():
     relay, _ = _relay()
     error = ev("error", error={"type": "insufficient_quota", "code": "insufficient_quota", "message": "quota"})

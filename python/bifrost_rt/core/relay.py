@@ -200,18 +200,33 @@ class Relay:
     def from_server(self, message: str | bytes) -> tuple[Action, ...]:
         if self.ending is not None:
             return _NOTHING
+        if self._identity:
+            after = self.forwarded(message)
+            return FORWARD if after is _NOTHING else (ToClient(message), *after)
         self.messages_down += 1
         self.chars_down += len(message)
-        if self._identity:
-            if message.__class__ is not str:  # OpenAI sends text only; anything else passes through untouched
-                return FORWARD
-            note = self.session.on_server_frame(message)
-            return FORWARD if note is None else self._noted((ToClient(message),), note)
         try:
             events = self._upstream.inbound(message)
         except Untranslatable as refused:
             return (ToClient(self._for_client(refused.error.event())),)
         return self._with_reconnect(self._from_provider(events, message))
+
+    @property
+    def passes_server_frames(self) -> bool:
+        """Whether every provider frame reaches the client exactly as it came (no dialect translates and the
+        session goes on), so a transport may send one before the relay notes it with `forwarded`: the client
+        hears it without waiting on the bookkeeping."""
+        return self._identity and self.ending is None
+
+    def forwarded(self, message: str | bytes) -> tuple[Action, ...]:
+        """Notes a provider frame the client was sent as it came; returns what must follow it (a check of a turn
+        the provider started, or the session's end)."""
+        self.messages_down += 1
+        self.chars_down += len(message)
+        if message.__class__ is not str:  # OpenAI sends text only; anything else passes through untouched
+            return _NOTHING
+        note = self.session.on_server_frame(message)
+        return _NOTHING if note is None else self._noted((), note)
 
     def _with_reconnect(self, actions: tuple[Action, ...]) -> tuple[Action, ...]:
         """`actions`, then the provider's next connection if its dialect says one is due now."""

@@ -101,6 +101,7 @@ class WebSocketRelay:
         self._renewal = renewal
         self._held: list[str | bytes] | None = None  # client messages while the next provider connection opens
         self._held_bytes = 0
+        self._unnoted: str | bytes | None = None  # a provider frame being sent as it came, noted once it is sent
 
     # ---- LiveSession ---------------------------------------------------------------------------
 
@@ -142,6 +143,9 @@ class WebSocketRelay:
 
     def _finish(self, ending: Ending) -> None:
         """The first ending wins; every loop and pending check stops, and the open turns are recorded now."""
+        unnoted, self._unnoted = self._unnoted, None
+        if unnoted is not None and not self.relay.ended:  # the client is being sent it: it counts, before the end
+            self.relay.forwarded(unnoted)
         self.relay.end(ending)
         current = asyncio.current_task()
         for task in self._tasks:
@@ -187,7 +191,8 @@ class WebSocketRelay:
 
     async def _upstream_to_client(self) -> Ending:
         send = self.send
-        from_server = self.relay.from_server
+        relay = self.relay
+        from_server, forwarded = relay.from_server, relay.forwarded
         if self._first_frame is not None:
             actions = from_server(self._first_frame)
             try:
@@ -204,11 +209,21 @@ class WebSocketRelay:
                 if connection is not self.upstream:  # the replaced connection closing, as it should
                     continue
                 return self._provider_closed(exc)
-            actions = from_server(frame)
             self.in_client_send = True
             try:
+                if relay.passes_server_frames:  # sent first, noted after: the client never waits on the bookkeeping
+                    self._unnoted = frame
+                    await send(_outgoing(frame))
+                    self._unnoted = None
+                    actions = forwarded(frame)
+                    if actions:
+                        ending = await self._perform(actions)
+                        if ending is not None:
+                            return ending
+                    continue
+                actions = from_server(frame)
                 if actions is FORWARD:
-                    await send({"type": "websocket.send", "text": frame} if frame.__class__ is str else {"type": "websocket.send", "bytes": frame})
+                    await send(_outgoing(frame))
                 else:
                     ending = await self._perform(actions)
                     if ending is not None:
@@ -318,7 +333,7 @@ class WebSocketRelay:
             self._finish(ending)
 
     async def _send_client(self, message: str | bytes) -> None:
-        await self.send({"type": "websocket.send", "text": message} if message.__class__ is str else {"type": "websocket.send", "bytes": message})
+        await self.send(_outgoing(message))
 
     # ---- closing -------------------------------------------------------------------------------
 
@@ -353,6 +368,11 @@ class WebSocketRelay:
         except Exception:
             logger.debug("session %s: closing the provider's socket failed", self.session.id, exc_info=True)
             self.upstream.transport.abort()
+
+
+def _outgoing(message: str | bytes) -> dict[str, Any]:
+    """The ASGI message that sends `message` to the client, as text or binary as it is."""
+    return {"type": "websocket.send", "text": message} if message.__class__ is str else {"type": "websocket.send", "bytes": message}
 
 
 def _close_of(exc: ConnectionClosed) -> tuple[int | None, str]:
