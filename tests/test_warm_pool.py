@@ -103,6 +103,22 @@ async def test_a_caller_gets_a_session_opened_before_it_came_and_its_first_updat
     await pool_holds(server, 2)  # refilled behind the claim
 
 
+async def test_a_claims_refill_waits_the_refill_delay_so_it_stays_off_the_callers_first_turn(sim, start_gateway):
+    server, _ = start_gateway(f"{sim.url}/v1", providers={"openai": pooled_provider(sim, min_size=1, refill_delay_s=1.5)})
+    await pool_holds(server, 1)
+    opened = len(await sim_connections(sim))
+    async with client(server).realtime.connect(model="gpt-realtime") as conn:
+        assert (await conn.recv()).type == "session.created"
+        await conn.response.create()
+        async for event in conn:  # the caller's first turn, start to end, with no refill connect beside it
+            if event.type == "response.done":
+                break
+        assert len(await sim_connections(sim)) == opened
+        assert await metric(server, "sessions") == 0
+        await pool_holds(server, 1)  # then refilled, once the delay is over
+        assert len(await sim_connections(sim)) == opened + 1
+
+
 async def test_two_claims_never_share_a_session_and_event_ids_are_fresh(sim, start_gateway):
     server, _ = start_gateway(f"{sim.url}/v1", providers={"openai": pooled_provider(sim, min_size=2)})
     await pool_holds(server, 2)

@@ -107,6 +107,9 @@ class WarmPoolConfig(_Strict):
     )
     max_keys: int = Field(16, ge=1, description="pools opened for what callers asked for, per provider or model")
     refill_concurrency: int = Field(2, ge=1, description="upstream connects in flight per pool key")
+    refill_delay_s: float = Field(
+        0.25, ge=0, description="a claim's refill waits this long, so its connect stays off the caller's first turn"
+    )
     backoff_initial_s: float = Field(0.5, gt=0, description="after a failed connect; doubles per failure")
     backoff_max_s: float = Field(30.0, gt=0)
 

@@ -9,8 +9,9 @@ SHA-256 in the key.
 
 Each key's pool is kept by one task: it replaces sessions that closed, errored or reached `recycle_after_s`,
 sizes the pool from the recent demand within `min_size`..`max_size`, and refills with at most
-`refill_concurrency` connects in flight, backing off after failures. An idle session is watched (a `recv` that
-is cancelled at checkout): a frame or a close from the provider while idle takes it out of the pool.
+`refill_concurrency` connects in flight, `refill_delay_s` after a claim, backing off after failures. An idle
+session is watched (a `recv` that is cancelled at checkout): a frame or a close from the provider while idle
+takes it out of the pool.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class KeyPool:
         self._demand: deque[float] = deque()
         self.last_demand = time.monotonic()
         self._backoff_s = 0.0
-        self._retry_at = 0.0
+        self._retry_at = 0.0  # after a failed connect: no new one before
+        self._refill_at = 0.0  # after a claim: no refill before
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -123,7 +125,10 @@ class KeyPool:
         """The newest ready session that is still healthy (most life left, most recently proven open), or None."""
         while self._idle:
             warm = self._idle.pop()
-            self._wake.set()  # refill behind the claim
+            # Refill behind the claim, once the caller's first turn is under way: a connect costs the gateway CPU
+            # (TCP, TLS, the upgrade) that would otherwise land just as the caller's first response.create does.
+            self._refill_at = max(self._refill_at, time.monotonic() + self.config.refill_delay_s)
+            self._wake.set()
             if await self._healthy(warm):
                 return warm
             self._stats.recycled += 1
@@ -164,7 +169,7 @@ class KeyPool:
                 return
             self._recycle(now)
             target = self.target(now)
-            if now >= self._retry_at:
+            if now >= self._retry_at and now >= self._refill_at:
                 while len(self._idle) + len(self._connects) < target and len(self._connects) < self.config.refill_concurrency:
                     task = asyncio.get_running_loop().create_task(self._open())
                     self._connects.add(task)
@@ -177,8 +182,9 @@ class KeyPool:
         due = [now + _TICK_S]
         if self._idle:
             due.append(self._idle[0].opened_at + self.config.recycle_after_s)
-        if self._retry_at > now:
-            due.append(self._retry_at)
+        for at in (self._retry_at, self._refill_at):
+            if at > now:
+                due.append(at)
         return max(0.0, min(due) - now)
 
     def _recycle(self, now: float) -> None:
