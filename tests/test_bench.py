@@ -60,7 +60,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path, capsys):
     # Caller experience over the emulated WAN: every target set sessions up and heard audio; the pooled one's
     # setup skipped the provider's round trips (100 ms each), which no other target can.
     caller = report["caller"]
-    assert set(caller) == {"direct", "gateway", "pooled"}
+    assert set(caller) == {"direct", "floor", "gateway", "pooled"}
     for row in caller.values():
         assert row["sessions"] == params["caller_rounds"]
         assert 0 < row["setup_p50_ms"] <= row["setup_p99_ms"]

@@ -5,6 +5,7 @@ default: two handshake round trips for TCP + TLS 1.3, then the upgrade, and ever
 simulator/wan.py). The caller is local to the gateway, as a gateway in the caller's region would be. Targets:
 
     direct   caller -> simulator, over the emulated WAN
+    floor    caller -> the floor relay -> simulator: what any relay process in the path costs (its hops)
     gateway  caller -> gateway -> simulator, the gateway connecting upstream for each session (pool off)
     pooled   the same with the warm pool on: sessions already past `session.created` wait in the gateway
 
@@ -12,6 +13,10 @@ Each round opens one session per target in turn (so a pool refills behind its cl
 callers), timing connect -> `session.created` and `response.create` -> first `response.output_audio.delta`.
 Then the gateway's CPU per session set-up (connect -> `session.created` -> close, one after another) is read
 with the pool off and on; with the pool on it includes the pool's own connect that refills behind each claim.
+
+First audio through any relay pays for one more process in the path: on an idle machine that process is woken
+from idle once per direction, with cold caches, which on a small VM costs tenths of a millisecond each. The floor
+relay pays the same, so `pooled - floor` is the gateway's own share and `floor - direct` the hops'.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from bifrost_rt.tools.bench import report
 from bifrost_rt.tools.bench.load import RESPONSE_CREATE, Target, recv_until
 from bifrost_rt.tools.bench.procs import Child, Children, free_port, python_module
 
-TARGETS = ("direct", "gateway", "pooled")
+TARGETS = ("direct", "floor", "gateway", "pooled")
 SETTLE_S = 1.0  # after a CPU window: the pool's refill behind the last claim is counted too
 POOL_SIZE = 2
 
@@ -53,13 +58,18 @@ POOL = """\
 
 def start_stack(children: Children, workdir: Path, rtt_ms: float, jitter_ms: float, model: str, sim_key: str,
                 gateway_key: str, load_cpu: int, relay_cpu: int) -> dict[str, tuple[Target, Child]]:
-    """A WAN-emulating simulator and two gateways in front of it, one with the warm pool."""
+    """A WAN-emulating simulator, the floor relay and two gateways in front of it, one with the warm pool."""
     sim_port = free_port()
     sim = children.start("simulator-caller", python_module(
         "bifrost_rt.cli", "simulate", "--host", "127.0.0.1", "--port", sim_port, "--pace", 1,
         "--audio-delta-ms", 20, "--response-audio-ms", 200, "--rtt-ms", rtt_ms, "--jitter-ms", jitter_ms,
         "--wan-seed", 1), sim_port, load_cpu)
     stack = {"direct": (Target("direct", _url(sim_port, model), sim_key), sim)}
+    port = free_port()
+    floor = children.start("floor-caller", python_module(
+        "bifrost_rt.tools.bench.floor", "--port", port, "--upstream", f"ws://127.0.0.1:{sim_port}/v1/realtime",
+        "--api-key", sim_key), port, relay_cpu)
+    stack["floor"] = (Target("floor", _url(port, model), sim_key), floor)
     for name in ("gateway", "pooled"):
         port = free_port()
         config = workdir / f"{name}-caller.yaml"
@@ -152,8 +162,10 @@ def format_table(caller: dict[str, Any], rtt_ms: float, jitter_ms: float) -> str
         lines.append(f"{name:<9}{row['setup_p50_ms']:>18.1f} ms{row['setup_p99_ms']:>6.1f} ms"
                      f"{row['first_audio_p50_ms']:>14.1f} ms{row['first_audio_p99_ms']:>6.1f} ms"
                      f"{'-' if cpu is None else f'{cpu:.2f}':>19}")
-    direct, pooled = caller["direct"], caller["pooled"]
+    direct, floor, pooled = caller["direct"], caller["floor"], caller["pooled"]
     audio_gap = pooled["first_audio_p50_ms"] - direct["first_audio_p50_ms"]
     lines.append(f"pooled vs direct: connect -> session.created p50 {pooled['setup_p50_ms'] - direct['setup_p50_ms']:+.1f} ms, "
                  f"first audio p50 {audio_gap:+.2f} ms")
+    lines.append(f"first audio p50, what a relay's hops cost (floor vs direct) {floor['first_audio_p50_ms'] - direct['first_audio_p50_ms']:+.2f} ms, "
+                 f"the gateway's own share (pooled vs floor) {pooled['first_audio_p50_ms'] - floor['first_audio_p50_ms']:+.2f} ms")
     return "\n".join(lines)
