@@ -34,6 +34,20 @@ async def recv_until(ws, event_type: str) -> list[dict[str, Any]]:
     return events
 
 
+async def beta_text_turn(connection: Any, text: str) -> str:
+    """One text turn on an openai-python beta realtime connection; returns the model's text."""
+    await connection.session.update(session={"modalities": ["text"]})
+    await connection.conversation.item.create(item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
+    await connection.response.create()
+    answer = ""
+    async for event in connection:
+        if event.type == "response.text.delta":
+            answer += event.delta
+        if event.type == "response.done":
+            return answer
+    raise AssertionError("the connection closed before response.done")
+
+
 class CapturingSink:
     """A turn sink that keeps records so tests can wait for them."""
 

@@ -27,7 +27,7 @@ from bifrost_rt.config import ConfigError, load_config, parse_config
 from bifrost_rt.providers import ModelResolver
 from bifrost_rt.tools.simulator import SimulatorOptions, create_simulator_app
 
-from conftest import VIRTUAL_KEY, recv_json
+from conftest import VIRTUAL_KEY, beta_text_turn, recv_json
 from rtc_client import Caller
 from servers import ServerThread
 
@@ -353,15 +353,7 @@ async def test_beta_azure_client_on_the_preview_path(azure_gateway) -> None:
     gateway, sink, _ = azure_gateway
     client = azure_client(gateway, version="2025-04-01-preview")
     async with client.beta.realtime.connect(model="gpt-realtime") as connection:
-        await connection.session.update(session={"modalities": ["text"]})
-        await connection.conversation.item.create(item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "beta hello"}]})
-        await connection.response.create()
-        text = ""
-        async for event in connection:
-            if event.type == "response.text.delta":
-                text += event.delta
-            if event.type == "response.done":
-                break
+        text = await beta_text_turn(connection, "beta hello")
     assert text == "You said: beta hello"
     (record,) = sink.wait_for(1)
     assert record.provider == "azure" and record.output["text"] == text

@@ -28,6 +28,7 @@ from websockets.exceptions import InvalidStatus
 from bifrost_rt.tools.simulator import EMITTED_EVENT_TYPES, SimulatorOptions, create_simulator_app
 from bifrost_rt.tools.simulator.beta import beta_type
 
+from conftest import beta_text_turn
 from servers import ServerThread
 
 KEY = "azure-resource-key"
@@ -153,16 +154,7 @@ async def test_azure_python_clients_beta_and_ga(azure: ServerThread) -> None:
     beta = AsyncAzureOpenAI(azure_endpoint=azure.url, api_key=KEY, api_version="2025-04-01-preview",
                             websocket_base_url=f"{azure.ws_url}/openai")
     async with beta.beta.realtime.connect(model="gpt-realtime") as connection:
-        await connection.session.update(session={"modalities": ["text"]})
-        await connection.conversation.item.create(item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]})
-        await connection.response.create()
-        text = ""
-        async for event in connection:
-            if event.type == "response.text.delta":
-                text += event.delta
-            if event.type == "response.done":
-                break
-    assert text == "You said: hi"
+        assert await beta_text_turn(connection, "hi") == "You said: hi"
 
     # A GA api-version on the api-versioned path speaks GA events.
     ga = AsyncAzureOpenAI(azure_endpoint=azure.url, api_key=KEY, api_version="2025-08-28",
