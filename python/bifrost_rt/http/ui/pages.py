@@ -189,12 +189,9 @@ class SessionUi:
         return response
 
     async def log_out(self, request: Request) -> Response:
-        try:
-            login = await self._login(request)
-        except KVUnavailable:
-            return self._error_page(503, "The gateway's store is unavailable; try again shortly.")
-        if login is None:
-            return RedirectResponse(f"{PREFIX}/login", 303)
+        return await self._page(request, self._log_out)
+
+    async def _log_out(self, request: Request, login: Login) -> Response:
         form = await _small_form(request)
         if not self.logins.csrf_valid(login.sid, form.get("csrf_token") if form else None):
             return self._error_page(403, "The form did not come from this page.", login)
